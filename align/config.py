@@ -68,7 +68,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 return _convert(value, option, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}"
+        )
     if origin is Literal:
         if value not in get_args(tp):
             choices = ", ".join(repr(a) for a in get_args(tp))
@@ -135,7 +137,8 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
             raise ConfigError(f"unknown key '{path}'{_closest(str(key), list(fields))}")
         kwargs[key] = _convert(value, hints[key], path)
     missing = [
-        n for n, f in fields.items()
+        n
+        for n, f in fields.items()
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
@@ -335,7 +338,8 @@ def field_help(cls: type) -> str:
                 walk(inner, f"{prefix}{f.name}.")
                 continue
             default = (
-                f.default if f.default is not dataclasses.MISSING
+                f.default
+                if f.default is not dataclasses.MISSING
                 else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
             )
             doc = f.metadata.get("help", "")
@@ -362,7 +366,9 @@ def parse_args(cls: type[T], argv: list[str] | None = None, description: str | N
             declared = read_yaml(args.config).get("recipe")
             expected = next((k for k, v in SCHEMAS.items() if v.endswith(":" + cls.__name__)), None)
             if declared is not None and expected is not None and declared != expected:
-                raise ConfigError(f"{args.config}: this recipe takes 'recipe: {expected}', the file says {declared!r}")
+                raise ConfigError(
+                    f"{args.config}: this recipe takes 'recipe: {expected}', the file says {declared!r}"
+                )
     except ConfigError as e:
         parser.exit(2, f"config error: {e}\n")
     return cfg

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,7 +26,9 @@ class LoraConfig:
     r: int = _f(0, "LoRA rank; 0 trains all weights")
     alpha: int = _f(16, "LoRA alpha")
     dropout: float = _f(0.0, "LoRA dropout")
-    target_modules: list[str] = _f(["q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"], "module names to adapt")
+    target_modules: list[str] = _f(
+        ["q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"], "module names to adapt"
+    )
 
 
 @dataclass
@@ -46,7 +47,9 @@ class DataConfig:
     )
     on_bad_row: Literal["error", "skip"] = _f("error", "a bad row stops the run, or is skipped and logged")
     max_bad_fraction: float = _f(0.01, "with on_bad_row=skip, stop when more than this fraction is bad")
-    max_prompt_tokens: int = _f(0, "prompts longer than this (in tokens) are counted and reported; 0 = no limit")
+    max_prompt_tokens: int = _f(
+        0, "prompts longer than this (in tokens) are counted and reported; 0 = no limit"
+    )
     max_rows: int = _f(0, "use at most this many rows per split; 0 = all")
 
     def validate(self) -> None:
@@ -68,7 +71,9 @@ def _check_sizes(section) -> None:
 class MathTaskConfig:
     train_size: int = _f(2000, "training problems")
     eval_size: int = _f(200, "held-out problems")
-    levels: list[int] = _f([1, 2, 3], "difficulty levels to mix (1: one-digit +/-, 2: two-digit +/-/x, 3: multi-step)")
+    levels: list[int] = _f(
+        [1, 2, 3], "difficulty levels to mix (1: one-digit +/-, 2: two-digit +/-/x, 3: multi-step)"
+    )
 
     def validate(self) -> None:
         _check_sizes(self)

@@ -57,7 +57,9 @@ def test_defaults_and_types(tmp_path):
 
 def test_overrides_with_list_indices(tmp_path):
     path = write(tmp_path, {"stages": [{"name": "x", "steps": 2}, {"name": "y"}]})
-    cfg = config.load(Outer, path, ["stages.0.steps=3", "inner.lr=0.5", "stages.1.weights.helpful=0.7", "maybe=4"])
+    cfg = config.load(
+        Outer, path, ["stages.0.steps=3", "inner.lr=0.5", "stages.1.weights.helpful=0.7", "maybe=4"]
+    )
     assert cfg.stages[0].steps == 3 and cfg.stages[0].name == "x"
     assert cfg.stages[1].weights == {"helpful": 0.7}
     assert cfg.inner.lr == 0.5 and cfg.maybe == 4
@@ -139,13 +141,17 @@ def test_cli_validates_and_prints(tmp_path):
     path = write(tmp_path, {"recipe": "make_data", "seed": 1})
     ok = subprocess.run(
         [sys.executable, "-m", "align.config", str(path), "math.train_size=7"],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert ok.returncode == 0, ok.stderr
     assert yaml.safe_load(ok.stdout)["math"]["train_size"] == 7
     bad = subprocess.run(
         [sys.executable, "-m", "align.config", str(path), "math.train_sise=7"],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert bad.returncode != 0
     assert "unknown key 'math.train_sise'; did you mean 'train_size'?" in bad.stderr
@@ -174,7 +180,9 @@ def test_recipe_help_imports_nothing_heavy(script):
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", HELP_PROBE.format(heavy=HEAVY), str(script)],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr

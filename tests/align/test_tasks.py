@@ -1,0 +1,321 @@
+"""Synthetic tasks: determinism, disjoint splits, correct answers, passing code, clear size errors."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from align import tasks
+from align.config import from_dict
+from align.configs import MakeDataConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+TASK_NAMES = ("math", "code", "helpful", "safety", "chat")
+PRINTABLE = {chr(c) for c in range(32, 127)} | {"\n"}
+
+
+@pytest.fixture(scope="module")
+def data() -> dict:
+    """Every task at its default size (also proves the defaults are reachable)."""
+    return tasks.generate(MakeDataConfig())
+
+
+def _cfg(**sections) -> MakeDataConfig:
+    return from_dict(MakeDataConfig, sections)
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+_RUNNER = r"""
+import json, sys
+results = []
+for code, tests in json.load(sys.stdin):
+    ns = {}
+    try:
+        exec(code, ns)
+        for t in tests:
+            exec(t, ns)
+        results.append(True)
+    except Exception:
+        results.append(False)
+print(json.dumps(results))
+"""
+
+
+def run_programs(programs: list[tuple[str, list[str]]]) -> list[bool]:
+    """Whether each (code, asserts) program passes, all run in one child process with a timeout."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUNNER],
+        input=json.dumps(programs),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def unfence(text: str) -> str:
+    m = re.fullmatch(r"```python\n(.*)\n```", text, re.DOTALL)
+    assert m, text
+    return m.group(1)
+
+
+def all_code_items(seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [fam.item(i, rng) for fam in tasks.CODE_FAMILIES for i in range(fam.size)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Files, determinism, splits
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    cfg = MakeDataConfig()
+    counts = tasks.write_tasks(cfg, tmp_path / "a")
+    tasks.write_tasks(cfg, tmp_path / "b")
+    cfg.seed = 1
+    tasks.write_tasks(cfg, tmp_path / "c")
+    assert set(counts) == set(TASK_NAMES)
+    for name in TASK_NAMES:
+        for split in ("train", "eval"):
+            a, b, c = (tmp_path / d / name / f"{split}.jsonl" for d in "abc")
+            assert a.read_bytes() == b.read_bytes(), f"{name}/{split} differs between identical runs"
+            assert a.read_bytes() != c.read_bytes(), f"{name}/{split} ignores the seed"
+            assert len(a.read_text().splitlines()) == counts[name][split]
+
+
+def test_eval_split_does_not_move_with_train_size():
+    small = _cfg(**{name: {"train_size": 10, "eval_size": 20} for name in TASK_NAMES})
+    large = _cfg(**{name: {"train_size": 300, "eval_size": 20} for name in TASK_NAMES})
+    small_data, large_data = tasks.generate(small), tasks.generate(large)
+    for name in TASK_NAMES:
+        assert small_data[name][1] == large_data[name][1], name
+
+
+def test_sizes_columns_and_disjoint_splits(data):
+    cfg = MakeDataConfig()
+    for name in TASK_NAMES:
+        train, held_out = data[name]
+        section = getattr(cfg, name)
+        assert (len(train), len(held_out)) == (section.train_size, section.eval_size)
+        for row in train + held_out:
+            assert tuple(row) == tasks.COLUMNS[name]
+        train_prompts = [r["prompt"] for r in train]
+        eval_prompts = [r["prompt"] for r in held_out]
+        assert len(set(train_prompts)) == len(train_prompts), f"{name}: duplicate prompt in train"
+        assert len(set(eval_prompts)) == len(eval_prompts), f"{name}: duplicate prompt in eval"
+        assert not set(train_prompts) & set(eval_prompts), f"{name}: a prompt is in both splits"
+
+
+def test_text_is_short_printable_ascii(data):
+    for name, (train, held_out) in data.items():
+        for row in train + held_out:
+            for text in _strings(row):
+                assert set(text) <= PRINTABLE, (name, text)
+            assert 15 <= len(row["prompt"]) <= 120, (name, row["prompt"])
+            for col in ("solution", "chosen"):
+                if col in row:
+                    assert len(row[col]) <= 150, (name, row[col])
+
+
+def test_files_load_with_datasets(tmp_path):
+    from datasets import load_dataset
+
+    cfg = _cfg(
+        math={"train_size": 20, "eval_size": 5},
+        code={"train_size": 20, "eval_size": 5},
+        helpful={"train_size": 20, "eval_size": 5},
+        safety={"train_size": 20, "eval_size": 5},
+        chat={"train_size": 20, "eval_size": 5},
+    )
+    tasks.write_tasks(cfg, tmp_path)
+    for name in TASK_NAMES:
+        files = {split: str(tmp_path / name / f"{split}.jsonl") for split in ("train", "eval")}
+        ds = load_dataset("json", data_files=files, cache_dir=str(tmp_path / "hf_cache"))
+        assert ds["train"].num_rows == 20 and ds["eval"].num_rows == 5
+        assert ds["train"].column_names == list(tasks.COLUMNS[name])
+
+
+# ----------------------------------------------------------------------------------------------
+# Math
+
+_OPS = {"more": "+", "finds": "+", "gives away": "-", "loses": "-", "bags of": "*"}
+
+
+def solve(prompt: str) -> int:
+    """An independent reading of the word problem: numbers in order, operations from the verbs."""
+    nums = [int(x) for x in re.findall(r"\d+", prompt)]
+    ops = [
+        op for _, op in sorted((m.start(), op) for kw, op in _OPS.items() for m in re.finditer(kw, prompt))
+    ]
+    assert len(ops) == len(nums) - 1, prompt
+    value = nums[0]
+    for op, n in zip(ops, nums[1:]):
+        value = value + n if op == "+" else value - n if op == "-" else value * n
+    return value
+
+
+def test_math_answers_are_right(data):
+    train, held_out = data["math"]
+    assert {r["level"] for r in train} == {1, 2, 3}
+    for row in train + held_out:
+        answer = solve(row["prompt"])
+        assert row["answer"] == str(answer) and answer >= 0, row
+        assert row["solution"].endswith(f"\\boxed{{{answer}}}"), row
+        steps = re.findall(r"(\d+)([-+*])(\d+)=(\d+)\.", row["solution"])
+        assert len(steps) == {1: 1, 2: 1, 3: 2}[row["level"]], row
+        for a, op, b, result in steps:
+            assert eval(f"{a}{op}{b}") == int(result), row
+        assert int(steps[-1][3]) == answer
+        if row["level"] == 1:
+            assert max(map(int, re.findall(r"\d+", row["prompt"]))) <= 9, row
+        assert row["messages"] == [
+            {"role": "user", "content": row["prompt"]},
+            {"role": "assistant", "content": row["solution"]},
+        ]
+
+
+def test_math_levels_select_templates():
+    train, held_out = tasks.make_math(_cfg(math={"levels": [2], "train_size": 50, "eval_size": 10}).math, 0)
+    assert {r["level"] for r in train + held_out} == {2}
+
+
+# ----------------------------------------------------------------------------------------------
+# Code
+
+
+def test_code_references_pass_and_bugs_fail():
+    """Over the whole template space (three seeds for the random test inputs) plus the written rows."""
+    items = [x for seed in range(3) for x in all_code_items(seed)]
+    prompts = [x["prompt"] for x in all_code_items(0)]
+    assert len(set(prompts)) == len(prompts) == sum(f.size for f in tasks.CODE_FAMILIES)
+    rows = [r for split in tasks.make_code(MakeDataConfig().code, 0) for r in split]
+    programs = [(x["code"], x["tests"]) for x in items] + [(x["wrong"], x["tests"]) for x in items]
+    programs += [(unfence(r["solution"]), r["tests"]) for r in rows]
+    results = run_programs(programs)
+    n = len(items)
+    assert all(results[:n]), [items[i]["prompt"] for i in range(n) if not results[i]][:5]
+    assert not any(results[n : 2 * n]), [items[i]["prompt"] for i in range(n) if results[n + i]][:5]
+    assert all(results[2 * n :])
+    for r in rows:
+        assert f"def {r['entry_point']}(" in r["solution"] and f"{r['entry_point']}(" in r["prompt"]
+        assert r["tests"] and all(t.startswith(f"assert {r['entry_point']}(") for t in r["tests"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Preference pairs and chat prompts
+
+
+def test_helpful_pairs(data):
+    train, held_out = data["helpful"]
+    rows = train + held_out
+    assert {r["kind"].split("/")[0] for r in rows} == {"math", "code", "fact"}
+    tests_by_prompt = {x["prompt"]: x["tests"] for x in all_code_items(0)}
+    programs = []
+    for r in rows:
+        assert r["chosen"] != r["rejected"], r
+        domain, defect = r["kind"].split("/")
+        if domain == "math":
+            assert r["chosen"].endswith(f"\\boxed{{{solve(r['prompt'])}}}"), r
+        if defect == "rambling":
+            assert len(r["rejected"]) > len(r["chosen"]) + 30 and r["rejected"].endswith(r["chosen"]), r
+        if defect == "no_boxed":
+            assert "\\boxed" not in r["rejected"], r
+        if domain == "code" and defect in ("wrong", "no_fence"):
+            tests = tests_by_prompt[r["prompt"]]
+            programs += [
+                (unfence(r["chosen"]), tests),
+                (unfence(r["rejected"]) if defect == "wrong" else "", tests),
+            ]
+            if defect == "no_fence":
+                assert "```" not in r["rejected"]
+    results = run_programs(programs)
+    assert results[0::2] == [True] * (len(programs) // 2)
+    assert results[1::2] == [False] * (len(programs) // 2)
+
+
+def test_safety_has_unsafe_and_benign_lookalikes(data):
+    for rows in data["safety"]:
+        unsafe = [r for r in rows if r["unsafe"]]
+        benign = [r for r in rows if not r["unsafe"]]
+        assert abs(len(unsafe) - len(benign)) <= 1
+        for r in unsafe:
+            assert r["chosen"] in tasks.REFUSALS and r["rejected"].startswith("Sure!"), r
+        for r in benign:
+            assert r["rejected"] in tasks.REFUSALS and r["chosen"] not in tasks.REFUSALS, r
+        # benign prompts with scary words, so refusing everything cannot win
+        assert any(re.search(r"\b(kill|steal|bomb|shoot|break into)\b", r["prompt"]) for r in benign)
+        assert {r["category"] for r in benign} >= {"lookalike", "howto"}
+
+
+def test_chat_labels_and_unsafe_fraction(data):
+    cfg = MakeDataConfig().chat
+    for rows, size in zip(data["chat"], (cfg.train_size, cfg.eval_size)):
+        assert sum(r["unsafe"] for r in rows) == round(size * cfg.unsafe_fraction)
+        assert {r["category"] for r in rows if not r["unsafe"]} >= {"math", "code", "fact", "lookalike"}
+        assert {r["category"] for r in rows if r["unsafe"]} <= {c for c, *_ in tasks.UNSAFE}
+    all_unsafe = tasks.make_chat(
+        _cfg(chat={"unsafe_fraction": 1.0, "train_size": 10, "eval_size": 3}).chat, 0
+    )
+    assert all(r["unsafe"] for split in all_unsafe for r in split)
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors and the recipe
+
+
+@pytest.mark.parametrize(
+    "section, sizes, message",
+    [
+        (
+            "code",
+            {"train_size": 700, "eval_size": 50},
+            "code: 750 distinct prompts asked for, but the templates",
+        ),
+        ("safety", {"train_size": 2000, "eval_size": 0}, "safety (the unsafe half): 1000 distinct prompts"),
+        ("chat", {"train_size": 5000, "unsafe_fraction": 0.5}, "chat (the unsafe prompts)"),
+    ],
+)
+def test_size_errors_are_clear(tmp_path, section, sizes, message):
+    cfg = _cfg(**{section: sizes})
+    with pytest.raises(tasks.TaskSizeError, match=re.escape(message)) as info:
+        tasks.write_tasks(cfg, tmp_path)
+    assert f"lower {section}.train_size or {section}.eval_size" in str(info.value)
+    assert not any(tmp_path.iterdir()), "nothing is written when a size cannot be met"
+
+
+def test_recipe_writes_files_and_config(tmp_path):
+    out = tmp_path / "data"
+    script = str(ROOT / "recipes" / "make_data.py")
+    start = time.perf_counter()
+    help_run = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=30)
+    assert help_run.returncode == 0 and "math.train_size" in help_run.stdout
+    assert time.perf_counter() - start < 2.0
+    cmd = [sys.executable, script, "--config", str(ROOT / "recipes/configs/tiny/data.yaml")]
+    proc = subprocess.run(
+        [*cmd, f"output_dir={out}", "math.train_size=30"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "math     train=    30" in proc.stdout
+    assert (out / "config.yaml").is_file() and "train_size: 30" in (out / "config.yaml").read_text()
+    for name in TASK_NAMES:
+        assert (out / name / "train.jsonl").stat().st_size > 0 and (out / name / "eval.jsonl").is_file()
+    bad = subprocess.run([*cmd, f"output_dir={out}", "code.train_size=5000"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "lower code.train_size" in bad.stderr and "Traceback" not in bad.stderr
