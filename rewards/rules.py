@@ -1,0 +1,166 @@
+"""Rule rewards (DeepSeek-V2's RM_rule): answer format, length window, n-gram repetition, language
+consistency, and `rule`, a weighted set of them. Each function here is a factory: its keyword options
+are those of ``rewards.load(name, **options)`` and it returns the reward callable."""
+
+from __future__ import annotations
+
+import collections
+import re
+import unicodedata
+from collections.abc import Callable
+
+from rewards.text import completion_text, prompt_text
+
+Reward = Callable[..., list]
+
+_HASH_LINE = re.compile(r"^[ \t]*####[ \t]*(.*?)[ \t]*$", re.MULTILINE)
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def boxed_contents(text: str) -> list[str]:
+    r"""The contents of every ``\boxed{...}`` (or ``\fbox{...}``) in `text`, braces balanced; an
+    unclosed one is skipped."""
+    out = []
+    for m in _BOXED.finditer(text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            out.append(text[m.end() : i - 1])
+    return out
+
+
+def hash_answers(text: str) -> list[str]:
+    """The answers of every ``#### N`` line (GSM8K style)."""
+    return [a for a in _HASH_LINE.findall(text) if a]
+
+
+def final_answer(text: str) -> str | None:
+    r"""The completion's single final answer: from ``\boxed{...}`` and ``#### N`` lines. None when
+    there is none, or when there are several *different* ones (repeating the same one is fine)."""
+    found = [a.strip() for a in boxed_contents(text) + hash_answers(text)]
+    distinct = {re.sub(r"\s+|^\$|\$$|\.$", "", a) for a in found if a}
+    return next(a for a in found if a) if len(distinct) == 1 else None
+
+
+def format_reward(style: str = "boxed") -> Reward:
+    r"""1.0 when the completion has exactly one non-empty final answer in the expected form
+    (``style="boxed"``: ``\boxed{...}``; ``style="hash"``: a ``#### N`` line), else 0.0."""
+    if style not in ("boxed", "hash"):
+        raise ValueError(f"format style is 'boxed' or 'hash', not {style!r}")
+    find = boxed_contents if style == "boxed" else hash_answers
+
+    def format(prompts: list, completions: list, **columns) -> list[float]:  # noqa: A001
+        out = []
+        for c in completions:
+            answers = find(completion_text(c))
+            out.append(1.0 if len(answers) == 1 and answers[0].strip() else 0.0)
+        return out
+
+    return format
+
+
+def length_reward(min_chars: int = 1, max_chars: int = 4096) -> Reward:
+    """0.0 inside ``[min_chars, max_chars]``; below it ``-(min_chars - n) / min_chars``; above it
+    ``-min(1, (n - max_chars) / max_chars)``. Always in [-1, 0]."""
+    if not 0 <= min_chars <= max_chars or max_chars <= 0:
+        raise ValueError(f"need 0 <= min_chars <= max_chars and max_chars > 0, got {min_chars}, {max_chars}")
+
+    def length(prompts: list, completions: list, **columns) -> list[float]:
+        out = []
+        for c in completions:
+            n = len(completion_text(c))
+            if n < min_chars:
+                out.append(-(min_chars - n) / min_chars)
+            elif n > max_chars:
+                out.append(-min(1.0, (n - max_chars) / max_chars))
+            else:
+                out.append(0.0)
+        return out
+
+    return length
+
+
+def repetition_reward(ngram_size: int = 3, max_penalty: float = -1.0, unit: str = "word") -> Reward:
+    """Open-R1's n-gram repetition penalty: ``max_penalty * (1 - distinct n-grams / n-grams)``, in
+    [max_penalty, 0]. ``unit`` is ``word`` (lower-cased whitespace tokens) or ``char`` (for scripts
+    written without spaces). Texts shorter than one n-gram get 0."""
+    if ngram_size < 1 or max_penalty > 0 or unit not in ("word", "char"):
+        raise ValueError("need ngram_size >= 1, max_penalty <= 0 and unit 'word' or 'char'")
+
+    def repetition(prompts: list, completions: list, **columns) -> list[float]:
+        out = []
+        for c in completions:
+            text = completion_text(c).lower()
+            tokens = text.split() if unit == "word" else list(text)
+            grams = [tuple(tokens[i : i + ngram_size]) for i in range(len(tokens) - ngram_size + 1)]
+            out.append(max_penalty * (1 - len(set(grams)) / len(grams)) if grams else 0.0)
+        return out
+
+    return repetition
+
+
+_SCRIPT_FAMILY = {"HIRAGANA": "CJK", "KATAKANA": "CJK", "CJK": "CJK", "FULLWIDTH": "LATIN"}
+
+
+def script_of(ch: str) -> str | None:
+    """The writing system of a letter (``LATIN``, ``CYRILLIC``, ``HANGUL``, ``CJK`` for Han and kana,
+    ...) from its Unicode name; None for anything that is not a letter."""
+    if not ch.isalpha():
+        return None
+    name = unicodedata.name(ch, "")
+    first = name.split(" ", 1)[0] if name else "UNKNOWN"
+    return _SCRIPT_FAMILY.get(first, first)
+
+
+def language_reward(script: str | None = None) -> Reward:
+    """Language consistency: the fraction of the completion's letters written in the prompt's main
+    script (or in ``script`` when given, e.g. ``"LATIN"``), in [0, 1]. Digits, symbols and spaces do
+    not count. None when the prompt (without ``script``) or the completion has no letters."""
+
+    def language(prompts: list, completions: list, **columns) -> list[float | None]:
+        out: list[float | None] = []
+        for p, c in zip(prompts, completions, strict=True):
+            target = script
+            if target is None:
+                counts = collections.Counter(s for s in map(script_of, prompt_text(p)) if s)
+                target = counts.most_common(1)[0][0] if counts else None
+            scripts = [s for s in map(script_of, completion_text(c)) if s]
+            out.append(sum(s == target for s in scripts) / len(scripts) if target and scripts else None)
+        return out
+
+    return language
+
+
+RULES = {
+    "format": format_reward,
+    "length": length_reward,
+    "repetition": repetition_reward,
+    "language": language_reward,
+}
+DEFAULT_RULE_WEIGHTS = {"format": 1.0, "length": 1.0, "repetition": 1.0}
+
+
+def rule_reward(weights: dict[str, float] | None = None, **options: dict) -> Reward:
+    """A weighted sum of rule rewards: ``weights`` maps rule names (format, length, repetition,
+    language) to weights (default ``DEFAULT_RULE_WEIGHTS``); ``options`` give each rule's options, e.g.
+    ``load("rule", weights={"format": 1, "length": 0.5}, length={"max_chars": 800})``. A rule that is
+    None for a sample contributes nothing; a sample where every rule is None gets None."""
+    weights = dict(DEFAULT_RULE_WEIGHTS if weights is None else weights)
+    unknown = (set(weights) | set(options)) - set(RULES)
+    if unknown:
+        raise ValueError(f"unknown rules {sorted(unknown)}; rules are {sorted(RULES)}")
+    if set(options) - set(weights):
+        raise ValueError(f"options for rules without a weight: {sorted(set(options) - set(weights))}")
+    parts = {name: (RULES[name](**options.get(name, {})), float(w)) for name, w in weights.items()}
+
+    def rule(prompts: list, completions: list, **columns) -> list[float | None]:
+        scored = [(fn(prompts, completions, **columns), w) for fn, w in parts.values()]
+        out: list[float | None] = []
+        for i in range(len(completions)):
+            got = [w * values[i] for values, w in scored if values[i] is not None]
+            out.append(sum(got) if got else None)
+        return out
+
+    return rule
