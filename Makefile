@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml Makefile
 	@if [ "$(EXTRA)" = cpu ]; then $(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true; fi
 	@touch $(STAMP)
 
+# The pipeline on the embedded default: a small DeepSeek-V2 (MLA + DeepSeekMoE) and synthetic tasks.
 demo: install
-	$(BIN)/python recipes/demo.py
+	$(BIN)/python recipes/make_tiny_model.py --arch deepseek_v2 --size small --out out/deepseek_v2-small
+	$(BIN)/python recipes/make_data.py --config recipes/configs/tiny/data.yaml
+	$(BIN)/python recipes/sft.py --config recipes/configs/tiny/sft.yaml
+	$(BIN)/python recipes/reward_model.py --config recipes/configs/tiny/rm_helpful.yaml
+	$(BIN)/python recipes/reward_model.py --config recipes/configs/tiny/rm_safety.yaml
 
 test: install
 	$(BIN)/python -m pytest -q

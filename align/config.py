@@ -31,6 +31,9 @@ T = TypeVar("T")
 # Which dataclass a YAML file's top-level ``recipe:`` key selects. Dotted paths, imported lazily.
 SCHEMAS: dict[str, str] = {
     "make_data": "align.configs:MakeDataConfig",
+    "sft": "align.configs:SFTRecipeConfig",
+    "reward_model": "align.configs:RewardModelRecipeConfig",
+    "grpo": "align.configs:GRPORecipeConfig",
 }
 
 

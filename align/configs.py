@@ -121,3 +121,357 @@ class MakeDataConfig:
     helpful: PairTaskConfig = _f(PairTaskConfig, "helpfulness preference pairs")
     safety: PairTaskConfig = _f(PairTaskConfig, "safety preference pairs")
     chat: ChatTaskConfig = _f(ChatTaskConfig, "stage-2 prompts, benign and unsafe, labelled")
+
+
+# ----------------------------------------------------------------------------------------------
+# sft
+
+
+@dataclass
+class SFTTrainConfig:
+    lr: float = _f(1e-3, "peak learning rate (1e-3 suits tiny models from scratch; ~2e-5 for real ones)")
+    epochs: float = _f(1.0, "passes over the training data (ignored when max_steps > 0)")
+    max_steps: int = _f(0, "optimizer steps; 0 = run `epochs`")
+    batch_size: int = _f(16, "sequences per device per micro-batch")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    max_length: int = _f(512, "tokens per sequence (padding: truncates; packing: the pack length)")
+    batching: Literal["padding", "padding_free", "packing"] = _f(
+        "padding",
+        "padding: pad each batch; padding_free: concatenate a batch into one row (sequences are kept "
+        "whole, max_length is not applied); packing: best-fit-decreasing packs of max_length tokens",
+    )
+    completion_only: bool = _f(
+        True, "loss on assistant turns (messages data) or on the completion (prompt/completion data) only"
+    )
+    curriculum: str = _f(
+        "", "a column to order training rows by, ascending (e.g. 'level': easy to hard); '' = shuffle"
+    )
+    warmup: float = _f(0.05, "linear warmup: a fraction of all steps if < 1, else a number of steps")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f(
+        "cosine", "learning-rate schedule after warmup"
+    )
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm; 0 = no clipping")
+    logging_steps: int = _f(10, "log metrics every N optimizer steps")
+    eval_steps: int = _f(0, "evaluate on data.eval every N steps; 0 = only at the end")
+    bf16: bool = _f(False, "bfloat16 autocast (mixed precision through accelerate)")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+    aux_loss_alpha: float = _f(
+        0.001,
+        "MoE expert-level balance loss weight alpha1 (DeepSeek-V2-Lite: 0.001), summed over MoE layers; "
+        "0 = off; ignored for dense models",
+    )
+
+    def validate(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_length", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "eval_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps == 0 and self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0 when max_steps is 0, got {self.epochs}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.warmup < 0 or self.aux_loss_alpha < 0:
+            raise ValueError("warmup and aux_loss_alpha must be >= 0")
+        if self.curriculum and self.batching == "packing":
+            raise ValueError("curriculum needs batching 'padding' or 'padding_free' (packing reorders rows)")
+
+
+@dataclass
+class SFTRecipeConfig:
+    recipe: str = _f("sft", "which schema this file uses")
+    output_dir: str = _f("out/sft", "run directory: config.yaml, metrics.jsonl, tb/, final/")
+    seed: int = _f(0, "seed for weights of new modules (LoRA), data order and dropout")
+    model: ModelConfig = _f(ModelConfig, "the model to fine-tune")
+    data: DataConfig = _f(DataConfig, "chat (messages) or prompt/completion data")
+    train: SFTTrainConfig = _f(SFTTrainConfig, "optimisation")
+
+
+# ----------------------------------------------------------------------------------------------
+# reward_model
+
+
+@dataclass
+class RewardModelTrainConfig:
+    mode: Literal["pairwise", "pointwise"] = _f(
+        "pairwise",
+        "pairwise: Bradley-Terry on preference pairs, -logsigmoid(r_chosen - r_rejected - margin); "
+        "pointwise: regression/classification of labelled completions (prompt, completion, score/label)",
+    )
+    pointwise_loss: Literal["mse", "bce"] = _f(
+        "bce",
+        "pointwise mode: mse regresses the reward on 'score' (else 'label'); bce fits sigmoid(reward) to "
+        "'label' (else 'score'), targets in [0, 1]",
+    )
+    lr: float = _f(1e-4, "peak learning rate")
+    epochs: float = _f(1.0, "passes over the training data (ignored when max_steps > 0)")
+    max_steps: int = _f(0, "optimizer steps; 0 = run `epochs`")
+    batch_size: int = _f(16, "pairs (pairwise) or rows (pointwise) per device per micro-batch")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    max_length: int = _f(
+        512, "tokens per formatted prompt+completion; longer training rows are dropped (and counted)"
+    )
+    margin: float = _f(
+        0.0, "pairwise: margin subtracted in the loss; a 'margin' column in the data overrides it per pair"
+    )
+    center_rewards_coefficient: float = _f(
+        0.0, "pairwise: weight of mean((r_chosen + r_rejected)^2), keeps rewards near 0; 0 = off"
+    )
+    warmup: float = _f(0.05, "linear warmup: a fraction of all steps if < 1, else a number of steps")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f(
+        "cosine", "learning-rate schedule after warmup"
+    )
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm; 0 = no clipping")
+    logging_steps: int = _f(10, "log metrics every N optimizer steps")
+    eval_steps: int = _f(0, "also evaluate on data.eval every N steps; 0 = only at the end")
+    eval_batch_size: int = _f(32, "sequences per forward pass when scoring held-out data")
+    group_by_length: bool | None = _f(
+        None,
+        "batches of similar lengths (less padding); null = on for pairwise, off for pointwise (batches "
+        "grouped by length there tend to share a label, e.g. all long rambling answers)",
+    )
+    bf16: bool = _f(False, "bfloat16 autocast (mixed precision through accelerate)")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+
+    def validate(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_length", "logging_steps", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "eval_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps == 0 and self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0 when max_steps is 0, got {self.epochs}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.warmup < 0 or self.center_rewards_coefficient < 0:
+            raise ValueError("warmup and center_rewards_coefficient must be >= 0")
+
+
+@dataclass
+class RewardModelRecipeConfig:
+    recipe: str = _f("reward_model", "which schema this file uses")
+    output_dir: str = _f("out/rm", "run directory: config.yaml, metrics.jsonl, tb/, eval.json, final/")
+    seed: int = _f(0, "seed for the new score head, LoRA weights, data order and dropout")
+    model: ModelConfig = _f(ModelConfig, "the model the reward model starts from (usually the SFT model)")
+    data: DataConfig = _f(
+        DataConfig,
+        "preference pairs (pairwise) or labelled completions (pointwise); data.eval: preference pairs "
+        "(or labelled completions) for held-out pairwise accuracy",
+    )
+    train: RewardModelTrainConfig = _f(RewardModelTrainConfig, "optimisation")
+
+
+# ----------------------------------------------------------------------------------------------
+# grpo
+
+
+@dataclass
+class RolloutConfig:
+    backend: Literal["vllm", "hf"] = _f("vllm", "generation backend of the rollout engines")
+    num_workers: int = _f(1, "rollout engines (Ray actors), each with a whole model")
+    tensor_parallel_size: int = _f(1, "GPUs per engine (1 on CPU)")
+    temperature: float = _f(1.0, "sampling temperature; the trainer divides its logits by it too")
+    top_p: float = _f(1.0, "nucleus sampling; 1 = off")
+    top_k: int = _f(-1, "top-k sampling; <= 0 = off")
+    max_tokens: int = _f(256, "completion length limit (longer ones are cut: finish_reason 'length')")
+    max_model_len: int = _f(1024, "longest prompt + completion the engine serves; 0 = the model's")
+    kv_cache_gib: float = _f(
+        1.0, "KV cache per engine in GiB; 0 = backend default (GPU: gpu_memory_utilization)"
+    )
+    gpu_memory_utilization: float = _f(0.4, "GPU: fraction of the device for weights + KV cache per engine")
+    threads: int = _f(1, "torch threads per engine; 0 = Ray's default (the CPUs reserved)")
+    cpus_per_worker: float = _f(1.0, "Ray CPUs reserved per engine")
+    weight_bucket_mb: int = _f(64, "weights travel to the engines in buckets of about this size")
+
+    def validate(self) -> None:
+        for name in ("num_workers", "tensor_parallel_size", "max_tokens", "weight_bucket_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for GRPO sampling, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class TrainerConfig:
+    num_workers: int = _f(1, "FSDP2 ranks (Ray actors; gloo on CPU, NCCL on GPU)")
+    lr: float = _f(1e-6, "peak learning rate (AdamW)")
+    micro_batch_size: int = _f(8, "sequences per forward/backward; gradients accumulate over a rank's shard")
+    batching: Literal["padded", "padding_free"] = _f(
+        "padded",
+        "padded: right-padded rows; padding_free: a micro-batch is one packed row (no padding, but the "
+        "attention spans the whole row unless a varlen kernel such as flash-attention is used: on CPU "
+        "it is slower); either way micro-batches group sequences of similar length",
+    )
+    max_grad_norm: float = _f(1.0, "gradient clipping norm; 0 = no clipping (the norm is still logged)")
+    warmup_steps: int = _f(0, "linear LR warmup, in optimizer steps")
+    lr_scheduler: Literal["constant", "cosine"] = _f("constant", "LR schedule after warmup")
+    min_lr_ratio: float = _f(0.0, "cosine: the final LR as a fraction of the peak")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    threads: int = _f(1, "torch threads per rank; 0 = Ray's default (the CPUs reserved)")
+    cpus_per_worker: float = _f(1.0, "Ray CPUs reserved per rank")
+
+    def validate(self) -> None:
+        for name in ("num_workers", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0 or self.max_grad_norm < 0 or self.weight_decay < 0:
+            raise ValueError("warmup_steps, max_grad_norm and weight_decay must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class HybridEngineConfig:
+    colocate: bool = _f(
+        True,
+        "true: trainer rank i and rollout engine i share placement bundle i (the paper's hybrid engine); "
+        "false: separate bundles, rank 0 broadcasts the weights",
+    )
+    offload: bool = _f(
+        True,
+        "GPU: trainer params/grads/optimizer go to CPU during rollout and the engines sleep during "
+        "training; a no-op on CPU",
+    )
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = _f(8, "G: completions sampled per prompt")
+    prompts_per_step: int = _f(
+        16, "prompts per step (a step trains on prompts_per_step * group_size sequences)"
+    )
+    beta: float = _f(0.04, "KL penalty weight (k3 estimator, per token); 0 = no reference model")
+    clip_eps: float = _f(0.2, "ratio clip range")
+    clip_eps_high: float | None = _f(None, "upper clip range (DAPO's clip-higher); null = clip_eps")
+    ppo_epochs: int = _f(1, "optimizer steps per batch; > 1 computes old-policy log-probs first")
+    aggregation: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = _f(
+        "seq-mean-token-mean", "token losses -> scalar: the paper's GRPO, token-mean, or Dr. GRPO"
+    )
+    scale_rewards: bool = _f(True, "divide advantages by the group std (false: Dr. GRPO)")
+    eps: float = _f(1e-6, "added to the group std")
+
+    def validate(self) -> None:
+        for name in ("group_size", "prompts_per_step", "ppo_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.beta < 0 or self.clip_eps < 0 or (self.clip_eps_high is not None and self.clip_eps_high < 0):
+            raise ValueError("beta, clip_eps and clip_eps_high must be >= 0")
+
+
+@dataclass
+class GRPOOverrideConfig:
+    """Per-stage overrides of the top-level ``grpo`` section; null keeps the top-level value."""
+
+    group_size: int | None = _f(None, "see grpo.group_size")
+    prompts_per_step: int | None = _f(None, "see grpo.prompts_per_step")
+    beta: float | None = _f(None, "see grpo.beta")
+    clip_eps: float | None = _f(None, "see grpo.clip_eps")
+    clip_eps_high: float | None = _f(None, "see grpo.clip_eps_high")
+    ppo_epochs: int | None = _f(None, "see grpo.ppo_epochs")
+    aggregation: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] | None = _f(
+        None, "see grpo.aggregation"
+    )
+    scale_rewards: bool | None = _f(None, "see grpo.scale_rewards")
+    eps: float | None = _f(None, "see grpo.eps")
+
+    def apply(self, base: GRPOConfig) -> GRPOConfig:
+        """``base`` with the non-null fields of this section laid over it (validated)."""
+        import dataclasses
+
+        changes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        merged = dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+        merged.validate()
+        return merged
+
+
+@dataclass
+class RewardSpecConfig:
+    spec: str = _f("", "rewards.load spec: built-in name, pkg.module:fn, file.py:fn, RM directory or URL")
+    weight: float = _f(1.0, "weight in the stage's reward sum")
+    options: dict = _f({}, "keyword options passed to the reward's factory")
+
+    def validate(self) -> None:
+        if not self.spec.strip():
+            raise ValueError("spec must name a reward (e.g. 'math')")
+
+
+@dataclass
+class StageConfig:
+    name: str = _f("reasoning", "stage name (metrics carry it)")
+    data: DataConfig = _f(
+        DataConfig, "prompts ('rl' rows: prompt plus columns the rewards read, e.g. answer)"
+    )
+    rewards: dict[str, RewardSpecConfig] = _f(
+        {}, "name -> {spec, weight, options}; the reward is their weighted sum"
+    )
+    reward_timeout_s: float = _f(60.0, "deadline of one reward call (rewards.combine)")
+    steps: int = _f(10, "GRPO steps of this stage")
+    grpo: GRPOOverrideConfig = _f(GRPOOverrideConfig, "overrides of the top-level grpo section")
+
+    def validate(self) -> None:
+        if not self.rewards:
+            raise ValueError(f"stage {self.name!r} needs at least one reward under 'rewards'")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = _f(0, "save a checkpoint every N steps; 0 = only at the end of each stage")
+    keep: int = _f(2, "checkpoints kept (oldest deleted first)")
+    resume: Literal["auto", "never"] = _f(
+        "auto", "auto: continue from <output_dir>/checkpoints/LATEST if present"
+    )
+
+
+@dataclass
+class RayConfig:
+    address: str = _f("", "Ray cluster address; '' = the one RAY_ADDRESS names, else start a local one")
+    dashboard_host: str = _f("127.0.0.1", "where a locally started dashboard listens")
+    include_dashboard: bool = _f(False, "start the dashboard with a local Ray")
+    num_cpus: int = _f(0, "CPUs of a locally started Ray; 0 = all")
+
+
+@dataclass
+class GRPORecipeConfig:
+    recipe: str = _f("grpo", "which schema this file uses")
+    output_dir: str = _f("out/grpo", "run directory: config.yaml, metrics.jsonl, tb/, checkpoints/, final/")
+    seed: int = _f(0, "seed of prompt order, sampling and LoRA init")
+    model: ModelConfig = _f(ModelConfig, "the policy to train (usually the SFT model's final/)")
+    rollout: RolloutConfig = _f(RolloutConfig, "generation")
+    trainer: TrainerConfig = _f(TrainerConfig, "FSDP2 training")
+    hybrid_engine: HybridEngineConfig = _f(HybridEngineConfig, "placement and the offload schedule")
+    grpo: GRPOConfig = _f(GRPOConfig, "the GRPO objective")
+    stages: list[StageConfig] = _f([], "stages run in order, each with its data, rewards and steps")
+    checkpoint: CheckpointConfig = _f(CheckpointConfig, "checkpoints and resume")
+    ray: RayConfig = _f(RayConfig, "the Ray cluster")
+
+    def validate(self) -> None:
+        if not self.stages:
+            raise ValueError("stages: at least one stage is needed")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        for stage in self.stages:
+            grpo = stage.grpo.apply(self.grpo)
+            batch = grpo.prompts_per_step * grpo.group_size
+            if batch % self.trainer.num_workers:
+                raise ValueError(
+                    f"stage {stage.name!r}: prompts_per_step * group_size = {batch} does not split evenly "
+                    f"over trainer.num_workers = {self.trainer.num_workers}"
+                )
+        if self.hybrid_engine.colocate:
+            engines = self.rollout.num_workers * self.rollout.tensor_parallel_size
+            if engines > self.trainer.num_workers:
+                raise ValueError(
+                    f"hybrid_engine.colocate needs rollout.num_workers * tensor_parallel_size ({engines}) "
+                    f"<= trainer.num_workers ({self.trainer.num_workers}): each engine shares a trainer's bundle"
+                )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -44,8 +45,15 @@ def load(spec: str | Callable, **options: Any) -> Callable:
 
     The object found is used like a torchtune component: with ``options`` it is called with them to
     build the reward (a factory or a class); without options a class is instantiated with no
-    arguments and anything else is the reward itself. Reward-model directories and ``http(s)://``
-    reward servers are recognised and reported as not supported yet.
+    arguments and anything else is the reward itself.
+
+    Two more kinds take options of their own:
+
+    - a directory holding an HF sequence-classification reward model, or a run directory whose
+      ``final/`` holds one (``rewards.reward_model.RewardModel``: ``device``, ``dtype``,
+      ``batch_size``, ``max_length``);
+    - an ``http(s)://host:port`` URL of a reward server (``python -m rewards.serve``), POSTed to at
+      ``/score`` unless the URL names another path (``rewards.serve.RemoteReward``: ``timeout_s``).
     """
     if callable(spec):
         return _build(spec, options, str(spec))
@@ -53,7 +61,9 @@ def load(spec: str | Callable, **options: Any) -> Callable:
         raise RewardSpecError(f"a reward spec is a non-empty string or a callable, not {spec!r}")
     spec = spec.strip()
     if spec.startswith(("http://", "https://")):
-        raise RewardSpecError(f"reward {spec!r}: http(s) reward servers are not supported yet")
+        from rewards.serve import RemoteReward  # stdlib only
+
+        return _build(functools.partial(RemoteReward, spec), options, spec, factory=True)
     tried: list[tuple[str, str]] = []
 
     if spec in BUILTINS:
@@ -93,7 +103,15 @@ def load(spec: str | Callable, **options: Any) -> Callable:
         tried.append(("file path/to/file.py:fn", "no '.py:' in the spec"))
 
     if os.path.isdir(spec):
-        raise RewardSpecError(f"reward {spec!r}: reward-model directories are not supported yet")
+        from rewards.reward_model import resolve_dir  # torch and transformers load when the model does
+
+        try:
+            model_dir = resolve_dir(spec)
+        except ValueError as e:
+            raise RewardSpecError(f"reward {spec!r}: {e}") from None
+        from rewards.reward_model import RewardModel
+
+        return _build(functools.partial(RewardModel, model_dir), options, spec, factory=True)
     tried.append(("reward-model directory", f"no directory {spec!r}"))
     tried.append(("http(s) reward server", "not a URL"))
 

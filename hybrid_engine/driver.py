@@ -1,0 +1,390 @@
+"""The single controller of GRPO training: it holds the control flow and drives two worker groups
+(FSDP2 trainer ranks, rollout engines) through a few coarse remote calls; one `GRPOBatch` crosses
+the Ray boundary each way.
+
+One step::
+
+    prompts --generate--> completions --rewards--> advantages --GRPOBatch, sharded by length-->
+    [old log-probs (ppo_epochs > 1)] [reference log-probs (beta > 0)] --update x ppo_epochs-->
+    gather full weights from the FSDP2 shards --bucketed stream--> engines   (the layout swap)
+
+With ``hybrid_engine.offload`` on GPU the trainer state goes to CPU while the engines generate,
+and the engines sleep while the trainer works (wake weights -> sync -> offload trainer -> wake KV
+cache). On CPU there is no device memory to free: offload and sleep are skipped (``memory/*``
+then reports the trainer ranks' peak RSS).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from align.configs import GRPOConfig, GRPORecipeConfig, RayConfig, StageConfig
+from hybrid_engine.batch import GRPOBatch
+from hybrid_engine.metrics import PhaseTimer, RunLog
+from hybrid_engine.placement import Placement, make_placement
+from hybrid_engine.trainer import TrainerGroup
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Connect to ``cfg.address``, or to the cluster ``RAY_ADDRESS`` names (``ray job submit``), or
+    start a local Ray; nothing when Ray is already initialised (tests, notebooks)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.address:
+        ray.init(address=cfg.address)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(
+            num_cpus=cfg.num_cpus or None,
+            include_dashboard=cfg.include_dashboard,
+            dashboard_host=cfg.dashboard_host,
+        )
+
+
+def render_prompt(tokenizer: Any, prompt: str | list[dict]) -> list[int]:
+    """Token ids of a prompt in chat form, ending with the assistant's turn marker."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return [int(t) for t in ids]
+
+
+@dataclass
+class StageState:
+    """What a stage trains on: its rows, their rendered prompts, the reward and the GRPO settings."""
+
+    name: str
+    rows: list[dict]
+    prompt_ids: list[list[int]]
+    reward: Callable
+    grpo: GRPOConfig
+    seed: int
+    steps: int
+    consumed: int = 0  # prompts drawn so far (the sampler is a function of this count)
+    _order: tuple[int, list[int]] | None = None  # (epoch, its permutation)
+
+    def next_indices(self, count: int) -> list[int]:
+        """The next ``count`` prompts of a seeded shuffle, reshuffled every pass over the data.
+        A function of ``consumed`` alone, so a resumed run draws what the original would have."""
+        out = []
+        for k in range(self.consumed, self.consumed + count):
+            epoch, pos = divmod(k, len(self.rows))
+            if self._order is None or self._order[0] != epoch:
+                order = list(range(len(self.rows)))
+                random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+                self._order = (epoch, order)
+            out.append(self._order[1][pos])
+        self.consumed += count
+        return out
+
+
+class GRPODriver:
+    """Builds the worker groups from a :class:`align.configs.GRPORecipeConfig` and runs stages.
+
+    Usage::
+
+        driver = GRPODriver(cfg)
+        driver.start()                         # Ray, placement group, engines, trainer ranks
+        for stage in cfg.stages:
+            driver.run_stage(stage, RunLog(cfg.output_dir))
+        driver.save_pretrained(Path(cfg.output_dir) / "final")
+        driver.shutdown()
+    """
+
+    def __init__(self, cfg: GRPORecipeConfig):
+        self.cfg = cfg
+        self.step = 0
+        self.placement: Placement | None = None
+        self.rollout: Any = None  # rollout.RolloutGroup
+        self.trainer: TrainerGroup | None = None
+        self.tokenizer: Any = None
+        self.offload = False
+
+    # Setup --------------------------------------------------------------------------------------
+
+    def start(self) -> dict[str, float]:
+        """Start (or join) Ray, reserve the bundles, start engines and trainer ranks in parallel.
+        Returns seconds per part (``setup/*``)."""
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        from transformers import AutoTokenizer
+
+        from rollout import RolloutGroup, RolloutWorker
+
+        cfg, times = self.cfg, {}
+        start = time.perf_counter()
+        init_ray(cfg.ray)
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        self.offload = cfg.hybrid_engine.offload and use_gpu
+        self.placement = make_placement(
+            cfg.hybrid_engine.colocate,
+            cfg.trainer.num_workers,
+            cfg.rollout.num_workers,
+            trainer_cpus=cfg.trainer.cpus_per_worker,
+            rollout_cpus=cfg.rollout.cpus_per_worker,
+            use_gpu=use_gpu,
+            tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+        )
+        times["setup/ray_s"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        r = cfg.rollout
+        backend_kwargs: dict[str, Any] = {"dtype": cfg.model.dtype}
+        if r.backend == "vllm":
+            backend_kwargs.update(
+                seed=cfg.seed,
+                max_model_len=r.max_model_len or None,
+                tensor_parallel_size=r.tensor_parallel_size,
+                kv_cache_gib=r.kv_cache_gib or None,
+                gpu_memory_utilization=r.gpu_memory_utilization,
+            )
+        else:
+            backend_kwargs["device"] = "cuda" if use_gpu else "cpu"
+        engine = ray.remote(RolloutWorker)
+        engines = [
+            engine.options(
+                num_cpus=r.cpus_per_worker,
+                num_gpus=self.placement.rollout_gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self.placement.group, placement_group_bundle_index=bundle
+                ),
+            ).remote(cfg.model.path, r.backend, r.threads or None, True, **backend_kwargs)
+            for bundle in self.placement.rollout_bundles
+        ]
+        stages = [s.grpo.apply(cfg.grpo) for s in cfg.stages]
+        self.trainer = TrainerGroup(  # builds while the engines build
+            cfg.trainer.num_workers,
+            cfg.model,
+            cfg.trainer,
+            stages[0] if stages else cfg.grpo,
+            placement=(self.placement.group, self.placement.trainer_bundles),
+            num_cpus=cfg.trainer.cpus_per_worker,
+            num_gpus=self.placement.trainer_gpus,
+            temperature=r.temperature,
+            total_steps=sum(s.steps * g.ppo_epochs for s, g in zip(cfg.stages, stages)),
+            use_ref=any(g.beta > 0 for g in stages),
+            seed=cfg.seed,
+        )
+        ray.get([e.health.remote() for e in engines])
+        self.rollout = RolloutGroup.from_workers(engines)
+        if self.offload:
+            self.trainer.offload()  # the first thing a step does is generate
+        times["setup/workers_s"] = time.perf_counter() - start
+        return times
+
+    def prepare_stage(self, stage: StageConfig) -> StageState:
+        """Load and validate the stage's prompts, render them, and build its reward."""
+        import rewards
+        from align.data import load_split
+
+        split = load_split(
+            stage.data.train,
+            stage.data,
+            split_name="train",
+            output_dir=self.cfg.output_dir,
+            tokenizer=self.tokenizer,
+            accept=("rl",),
+        )
+        rows = [dict(r) for r in split.dataset]
+        reward = rewards.combine(
+            {
+                name: (rewards.load(spec.spec, **spec.options), spec.weight)
+                for name, spec in stage.rewards.items()
+            },
+            timeout_s=stage.reward_timeout_s,
+        )
+        return StageState(
+            name=stage.name,
+            rows=rows,
+            prompt_ids=[render_prompt(self.tokenizer, r["prompt"]) for r in rows],
+            reward=reward,
+            grpo=stage.grpo.apply(self.cfg.grpo),
+            seed=self.cfg.seed,
+            steps=stage.steps,
+        )
+
+    # Training -----------------------------------------------------------------------------------
+
+    def run_stage(
+        self, stage: StageConfig | StageState, runlog: RunLog | None = None, steps: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Run ``steps`` (default: the stage's) GRPO steps; one record per step (also to ``runlog``)."""
+        state = stage if isinstance(stage, StageState) else self.prepare_stage(stage)
+        count = steps if steps is not None else state.steps
+        self.trainer.set_grpo(state.grpo)
+        records = []
+        for _ in range(count):
+            metrics = self.train_step(state)
+            self.step += 1
+            record = (
+                runlog.write(self.step, state.name, metrics) if runlog else {"step": self.step, **metrics}
+            )
+            records.append(record)
+            print(summary_line(self.step, state.name, metrics), flush=True)
+        return records
+
+    def train_step(self, state: StageState) -> dict[str, float]:
+        """One GRPO step (see the module doc); returns its metrics."""
+        import torch
+
+        from align.grpo import group_advantages, group_stats
+        from rollout import SamplingParams
+
+        cfg, g, timer = self.cfg, state.grpo, PhaseTimer()
+        step_start = time.perf_counter()
+        metrics: dict[str, float] = {}
+
+        picked = state.next_indices(g.prompts_per_step)
+        rows = [state.rows[i] for i in picked]
+        prompt_ids = [state.prompt_ids[i] for i in picked]
+        params = SamplingParams(
+            n=g.group_size,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            top_k=cfg.rollout.top_k,
+            max_tokens=cfg.rollout.max_tokens,
+            seed=(cfg.seed * 1_000_003 + self.step) * 4096,
+        )
+        with timer("gen"):
+            groups = self.rollout.generate(prompt_ids, params)
+        if self.offload:
+            metrics.update(_prefixed("memory/rollout", self.trainer.memory()))
+        completions = [c for cs in groups for c in cs]
+        texts = self.tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
+        repeat = [i for i in range(len(rows)) for _ in range(g.group_size)]
+
+        with timer("reward"):
+            columns = {k: [rows[i][k] for i in repeat] for k in rows[0] if k != "prompt"}
+            scores = state.reward.score([rows[i]["prompt"] for i in repeat], texts, **columns)
+        rewards_B = torch.tensor([float("nan") if v is None else float(v) for v in scores.total])
+        adv_B = group_advantages(rewards_B, g.group_size, eps=g.eps, scale=g.scale_rewards)
+        metrics.update(scores.metrics)
+        metrics.update({f"advantage/{k}": v for k, v in group_stats(rewards_B, g.group_size).items()})
+        metrics.update({"advantage/mean": adv_B.mean().item(), "advantage/std": adv_B.std().item()})
+        metrics["advantage/abs_mean"] = adv_B.abs().mean().item()
+
+        lens = [len(c.token_ids) for c in completions]
+        metrics["completion/length_mean"] = sum(lens) / len(lens)
+        metrics["completion/length_max"] = float(max(lens))
+        metrics["completion/truncated_frac"] = sum(c.finish_reason == "length" for c in completions) / len(
+            lens
+        )
+
+        batch = GRPOBatch.build(
+            [prompt_ids[i] for i in repeat],
+            [c.token_ids for c in completions],
+            adv_B,
+            [c.logprobs for c in completions],
+        )
+        shards, _ = batch.shard(len(self.trainer))
+        if self.offload:
+            with timer("sleep"):
+                self.rollout.sleep()
+            with timer("reload"):
+                self.trainer.reload()
+        if g.ppo_epochs > 1:
+            with timer("old_logp"):
+                for shard, logp in zip(shards, self.trainer.compute_logprobs(shards, "policy")):
+                    shard.old_logp_BT = logp
+        if g.beta > 0:
+            with timer("ref"):
+                for shard, logp in zip(shards, self.trainer.compute_logprobs(shards, "ref")):
+                    shard.ref_logp_BT = logp
+        with timer("update"):
+            epochs = [self.trainer.update(shards) for _ in range(g.ppo_epochs)]
+        for key in epochs[0]:
+            metrics[f"train/{key}"] = sum(e[key] for e in epochs) / len(epochs)
+        metrics["train/skipped_updates"] = epochs[-1]["skipped_updates"]
+        if "rollout_logp_abs_diff" in epochs[0]:  # later epochs see a moved policy
+            metrics["train/rollout_logp_abs_diff"] = epochs[0]["rollout_logp_abs_diff"]
+        metrics.pop("train/skipped", None)
+        metrics.update(_prefixed("memory/train", self.trainer.memory()))
+
+        if self.offload:
+            with timer("wake"):
+                self.rollout.wake_up(["weights"])
+        with timer("weight_sync"):
+            shares = self.placement.shares()
+            targets = [
+                [self.rollout.workers[e] for e in shares.get(rank, [])] for rank in range(len(self.trainer))
+            ]
+            self.trainer.push_weights(targets, cfg.rollout.weight_bucket_mb << 20)
+        if self.offload:
+            with timer("offload"):
+                self.trainer.offload()
+            with timer("wake"):
+                self.rollout.wake_up(["kv_cache"])
+
+        metrics.update(timer.seconds)
+        metrics["timing/step"] = time.perf_counter() - step_start
+        gen_tokens = sum(lens)
+        metrics["perf/gen_tokens_per_s"] = gen_tokens / max(timer.seconds["timing/gen"], 1e-9)
+        total_tokens = int(batch.lengths_B.sum())
+        metrics["perf/tokens_per_s"] = total_tokens / metrics["timing/step"]
+        return metrics
+
+    # Weights and shutdown -----------------------------------------------------------------------
+
+    def full_state_dict(self) -> dict[str, Any]:
+        """The trainer's whole policy (gathered, CPU, base-model names)."""
+        return self.trainer.full_state_dict()
+
+    def save_pretrained(self, path: str | Path) -> str:
+        """Write the policy as an HF model directory (loads with transformers and vLLM)."""
+        return self.trainer.save_pretrained(path)
+
+    def shutdown(self) -> None:
+        import ray
+
+        if self.trainer is not None:
+            self.trainer.shutdown()
+            self.trainer = None
+        if self.rollout is not None:
+            self.rollout.shutdown()
+            self.rollout = None
+        if self.placement is not None:
+            ray.util.remove_placement_group(self.placement.group)
+            self.placement = None
+
+
+def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}/{k}": v for k, v in values.items()}
+
+
+def summary_line(step: int, stage: str, m: dict[str, float]) -> str:
+    """One console line per step."""
+    times = " ".join(
+        f"{k.removeprefix('timing/')} {v:.2f}s"
+        for k, v in m.items()
+        if k.startswith("timing/") and k != "timing/step"
+    )
+    return (
+        f"step {step} [{stage}] reward {m.get('reward/mean', float('nan')):.3f} "
+        f"kl {m.get('train/kl', 0.0):.4f} len {m.get('completion/length_mean', 0.0):.1f} "
+        f"grad {m.get('train/grad_norm', 0.0):.3f} | {times} | step {m.get('timing/step', 0.0):.2f}s"
+    )
+
+
+def stage_configs(cfg: GRPORecipeConfig, names: Sequence[str] | None = None) -> list[StageConfig]:
+    """The stages to run, in config order (all when ``names`` is None)."""
+    if names is None:
+        return list(cfg.stages)
+    known = {s.name: s for s in cfg.stages}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ValueError(f"unknown stage(s) {missing}; the config has {list(known)}")
+    return [known[n] for n in names]
