@@ -337,8 +337,8 @@ class HybridEngineConfig:
     )
     offload: bool = _f(
         True,
-        "GPU: trainer params/grads/optimizer go to CPU during rollout and the engines sleep during "
-        "training; a no-op on CPU",
+        "GPU, colocated: trainer params/grads/optimizer go to CPU during rollout and the engines sleep "
+        "during training; a no-op on CPU or with separate bundles",
     )
 
 

@@ -8,7 +8,7 @@ One step::
     [old log-probs (ppo_epochs > 1)] [reference log-probs (beta > 0)] --update x ppo_epochs-->
     gather full weights from the FSDP2 shards --bucketed stream--> engines   (the layout swap)
 
-With ``hybrid_engine.offload`` on GPU the trainer state goes to CPU while the engines generate,
+With ``hybrid_engine.offload`` on GPU and colocated roles, the trainer state goes to CPU while the engines generate,
 and the engines sleep while the trainer works (wake weights -> sync -> offload trainer -> wake KV
 cache). On CPU there is no device memory to free: offload and sleep are skipped (``memory/*``
 then reports the trainer ranks' peak RSS).
@@ -129,7 +129,8 @@ class GRPODriver:
         init_ray(cfg.ray)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        self.offload = cfg.hybrid_engine.offload and use_gpu
+        # Offloading frees a device for the other role: only colocated roles share one.
+        self.offload = cfg.hybrid_engine.offload and use_gpu and cfg.hybrid_engine.colocate
         self.placement = make_placement(
             cfg.hybrid_engine.colocate,
             cfg.trainer.num_workers,
@@ -165,6 +166,7 @@ class GRPODriver:
             ).remote(cfg.model.path, r.backend, r.threads or None, True, **backend_kwargs)
             for bundle in self.placement.rollout_bundles
         ]
+        self.rollout = RolloutGroup.from_workers(engines)  # before anything can fail: shutdown() kills them
         stages = [s.grpo.apply(cfg.grpo) for s in cfg.stages]
         self.trainer = TrainerGroup(  # builds while the engines build
             cfg.trainer.num_workers,
@@ -180,7 +182,6 @@ class GRPODriver:
             seed=cfg.seed,
         )
         ray.get([e.health.remote() for e in engines])
-        self.rollout = RolloutGroup.from_workers(engines)
         if self.offload:
             self.trainer.offload()  # the first thing a step does is generate
         times["setup/workers_s"] = time.perf_counter() - start

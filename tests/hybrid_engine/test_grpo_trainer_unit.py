@@ -333,6 +333,7 @@ def _two_rank_update(rank_id: int, port: int, model_dir: str, result: str) -> No
     worker.shutdown()
 
 
+@pytest.mark.slow  # spawns two processes that import torch and transformers
 def test_two_ranks_step_like_one_rank_on_the_whole_batch(rank, tiny_dir, tmp_path):
     """FSDP2 over 2 gloo ranks, each on its length-balanced shard, takes the step one rank takes
     on the whole batch: the loss normalisation spans ranks and FSDP's gradient average is undone."""
