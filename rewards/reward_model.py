@@ -154,7 +154,8 @@ class RewardModel:
             torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
             model = transformers.AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype)
             model.to(_resolve_device(device))
-            tokenizer = tokenizer or transformers.AutoTokenizer.from_pretrained(path)
+            if tokenizer is None:
+                tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         elif tokenizer is None:
             raise ValueError("a loaded model needs its tokenizer")
         if model.config.num_labels != 1:

@@ -101,11 +101,11 @@ def test_bad_file_and_dotted_specs_say_why(reward_file):
         load("rewards.loading:ENTRY_POINT_GROUP")
 
 
-def test_model_dirs_and_servers_are_reported_as_not_supported_yet(tmp_path):
-    with pytest.raises(RewardSpecError, match="reward-model directories are not supported yet"):
+def test_model_dir_without_a_model_and_server_urls(tmp_path):
+    with pytest.raises(RewardSpecError, match="is a directory but not a reward model: no config.json"):
         load(str(tmp_path))
-    with pytest.raises(RewardSpecError, match="reward servers are not supported yet"):
-        load("http://localhost:8000/score")
+    remote = load("http://localhost:8000/score")  # a client; nothing is contacted until it scores
+    assert callable(remote)
 
 
 def test_callable_spec_passes_through():
