@@ -17,6 +17,13 @@ ENGINE = {"max_model_len": 512, "kv_cache_gib": 0.25}
 ACTOR_CPUS = 0.5  # four engines fit in ray.init(num_cpus=2)
 
 
+def actor_gpus() -> float:
+    """A quarter GPU per engine where the CUDA build of vLLM needs one (none on CPU)."""
+    import torch
+
+    return 0.25 if torch.cuda.is_available() else 0
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """``model_dir(arch)``: the tiny preset of ``arch`` saved once per session."""
@@ -51,7 +58,7 @@ def vllm_worker(ray_local, model_dir):
 
     def get(arch: str):
         if arch not in workers:
-            workers[arch] = actor_cls.options(num_cpus=ACTOR_CPUS).remote(
+            workers[arch] = actor_cls.options(num_cpus=ACTOR_CPUS, num_gpus=actor_gpus()).remote(
                 str(model_dir(arch)), "vllm", num_threads=1, warmup=True, **ENGINE
             )
         return workers[arch]
