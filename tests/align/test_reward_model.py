@@ -273,10 +273,8 @@ def test_bad_row_fails_with_file_and_line(tiny_model, data_dir, tmp_path):
     assert proc.returncode == 2
     assert f"{bad}:2: field 'chosen': equal to 'rejected'" in proc.stderr
     # pointwise mode refuses preference data, naming the formats it takes
-    proc = run_recipe(
-        f"output_dir={tmp_path / 'rm2'}",
-        f"model.path={tiny_model}",
-        f"data.train=[{data_dir / 'train.jsonl'}]",
-        "train.mode=pointwise",
-    )
-    assert proc.returncode == 2 and "pointwise" in proc.stderr
+    from align.configs import DataConfig
+    from align.data import load_split
+
+    with pytest.raises(rm.DataError, match="rows are 'preference'.*takes pointwise"):
+        load_split([str(data_dir / "train.jsonl")], DataConfig(), accept=rm.TRAIN_FORMATS["pointwise"])
