@@ -69,6 +69,17 @@ def vllm_worker(ray_local, model_dir):
 
 
 @pytest.fixture
+def group_options():
+    """``RolloutGroup`` keyword arguments matching the session's workers."""
+    return {
+        "num_cpus_per_worker": ACTOR_CPUS,
+        "num_gpus_per_worker": actor_gpus(),
+        "num_threads": 1,
+        **ENGINE,
+    }
+
+
+@pytest.fixture
 def hf_model(model_dir):
     """``hf_model(arch)``: a fresh transformers model from the tiny dir (tests may perturb it)."""
     from transformers import AutoModelForCausalLM

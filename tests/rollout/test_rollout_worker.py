@@ -13,8 +13,6 @@ from rollout.weight_sync import push_weights
 from rollout.weights import WeightUpdateError
 from rollout.worker import RolloutGroup
 
-from conftest import ACTOR_CPUS, ENGINE, actor_gpus
-
 pytestmark = pytest.mark.slow
 GREEDY = SamplingParams(temperature=0.0, max_tokens=16, min_tokens=16)
 
@@ -122,16 +120,9 @@ def test_sleep_wake_and_health(vllm_worker, prompts):
     assert _greedy(ray.get(worker.generate.remote(prompts, GREEDY))) == _greedy(before)
 
 
-def test_group_splits_prompts_and_reassembles_in_order(ray_local, model_dir, vllm_worker, hf_model):
+def test_group_splits_prompts_and_reassembles_in_order(ray_local, model_dir, group_options, hf_model):
     path = model_dir("deepseek_v2")
-    group = RolloutGroup(
-        path,
-        num_workers=2,
-        num_cpus_per_worker=ACTOR_CPUS,
-        num_gpus_per_worker=actor_gpus(),
-        num_threads=1,
-        **ENGINE,
-    )
+    group = RolloutGroup(path, num_workers=2, **group_options)
     try:
         prompts = [[1, 4, *range(60, 60 + k)] for k in range(1, 8)]  # 7 prompts: shards of 4 and 3
         out = group.generate(prompts, GREEDY)
