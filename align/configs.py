@@ -415,6 +415,9 @@ class StageConfig:
     reward_timeout_s: float = _f(60.0, "deadline of one reward call (rewards.combine)")
     steps: int = _f(10, "GRPO steps of this stage")
     grpo: GRPOOverrideConfig = _f(GRPOOverrideConfig, "overrides of the top-level grpo section")
+    reset_reference: bool = _f(
+        False, "start this stage's KL reference from the current policy (default: keep the reference)"
+    )
 
     def validate(self) -> None:
         if not self.rewards:
@@ -430,6 +433,25 @@ class CheckpointConfig:
     resume: Literal["auto", "never"] = _f(
         "auto", "auto: continue from <output_dir>/checkpoints/LATEST if present"
     )
+
+    def validate(self) -> None:
+        if self.every_steps < 0:
+            raise ValueError(f"every_steps must be >= 0, got {self.every_steps}")
+        if self.keep < 1:
+            raise ValueError(
+                f"keep must be >= 1 (the newest complete checkpoint is never deleted), got {self.keep}"
+            )
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = _f(True, "evaluate before the first stage and after each stage (eval/<label>.json)")
+    tasks: list[str] = _f(["math", "code", "helpful", "safety"], "align.evaluate tasks")
+    data_dir: str = _f("out/data", "where <task>/eval.jsonl are (recipes/make_data.py's output)")
+    helpful_rm: str = _f("", "helpful reward model dir scored on the helpful prompts; '' = none")
+    safety_rm: str = _f("", "safety reward model dir scored on the safety prompts; '' = none")
+    max_tokens: int = _f(256, "greedy completion length limit")
+    limit: int = _f(0, "first N prompts per task; 0 = all")
 
 
 @dataclass
@@ -452,11 +474,19 @@ class GRPORecipeConfig:
     grpo: GRPOConfig = _f(GRPOConfig, "the GRPO objective")
     stages: list[StageConfig] = _f([], "stages run in order, each with its data, rewards and steps")
     checkpoint: CheckpointConfig = _f(CheckpointConfig, "checkpoints and resume")
+    eval: EvalConfig = _f(EvalConfig, "held-out evaluation around the stages (recipes/grpo_two_stage.py)")
+    report: bool = _f(True, "write report/ (plots, summary.json, summary.md) at the end")
     ray: RayConfig = _f(RayConfig, "the Ray cluster")
 
     def validate(self) -> None:
         if not self.stages:
             raise ValueError("stages: at least one stage is needed")
+        for stage in self.stages:
+            if stage.reset_reference and (self.model.lora.r > 0 or stage.grpo.apply(self.grpo).beta <= 0):
+                raise ValueError(
+                    f"stage {stage.name!r}: reset_reference needs beta > 0 and no LoRA (with LoRA the "
+                    "reference is the base model with the adapter disabled)"
+                )
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")

@@ -74,6 +74,7 @@ class StageState:
     seed: int
     steps: int
     consumed: int = 0  # prompts drawn so far (the sampler is a function of this count)
+    last_indices: list[int] | None = None  # the rows the last step trained on
     _order: tuple[int, list[int]] | None = None  # (epoch, its permutation)
 
     def next_indices(self, count: int) -> list[int]:
@@ -98,8 +99,9 @@ class GRPODriver:
 
         driver = GRPODriver(cfg)
         driver.start()                         # Ray, placement group, engines, trainer ranks
+        runlog = RunLog(cfg.output_dir)
         for stage in cfg.stages:
-            driver.run_stage(stage, RunLog(cfg.output_dir))
+            driver.run_stage(stage, runlog)
         driver.save_pretrained(Path(cfg.output_dir) / "final")
         driver.shutdown()
     """
@@ -250,6 +252,7 @@ class GRPODriver:
         metrics: dict[str, float] = {}
 
         picked = state.next_indices(g.prompts_per_step)
+        state.last_indices = picked
         rows = [state.rows[i] for i in picked]
         prompt_ids = [state.prompt_ids[i] for i in picked]
         params = SamplingParams(
@@ -315,20 +318,7 @@ class GRPODriver:
         metrics.pop("train/skipped", None)
         metrics.update(_prefixed("memory/train", self.trainer.memory()))
 
-        if self.offload:
-            with timer("wake"):
-                self.rollout.wake_up(["weights"])
-        with timer("weight_sync"):
-            shares = self.placement.shares()
-            targets = [
-                [self.rollout.workers[e] for e in shares.get(rank, [])] for rank in range(len(self.trainer))
-            ]
-            self.trainer.push_weights(targets, cfg.rollout.weight_bucket_mb << 20)
-        if self.offload:
-            with timer("offload"):
-                self.trainer.offload()
-            with timer("wake"):
-                self.rollout.wake_up(["kv_cache"])
+        self.sync_weights(timer)
 
         metrics.update(timer.seconds)
         metrics["timing/step"] = time.perf_counter() - step_start
@@ -338,7 +328,40 @@ class GRPODriver:
         metrics["perf/tokens_per_s"] = total_tokens / metrics["timing/step"]
         return metrics
 
-    # Weights and shutdown -----------------------------------------------------------------------
+    # Weights, checkpoints and shutdown ---------------------------------------------------------
+
+    def sync_weights(self, timer: PhaseTimer | None = None) -> None:
+        """The layout swap: gather the trainer's shards and stream them to the engines (waking the
+        engines' weights first and offloading the trainer after, when offloading)."""
+        timer = timer or PhaseTimer()
+        if self.offload:
+            with timer("wake"):
+                self.rollout.wake_up(["weights"])
+        with timer("weight_sync"):
+            shares = self.placement.shares()
+            targets = [
+                [self.rollout.workers[e] for e in shares.get(rank, [])] for rank in range(len(self.trainer))
+            ]
+            self.trainer.push_weights(targets, self.cfg.rollout.weight_bucket_mb << 20)
+        if self.offload:
+            with timer("offload"):
+                self.trainer.offload()
+            with timer("wake"):
+                self.rollout.wake_up(["kv_cache"])
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Write the policy (``path/policy``, HF format) and the trainer state (``path/trainer``)."""
+        path = Path(path)
+        self.trainer.save_pretrained(path / "policy")
+        self.trainer.save_state(path / "trainer")
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore the trainer state of :meth:`save_checkpoint` and send its policy to the engines."""
+        self.trainer.load_state(Path(path) / "trainer")
+        if self.offload:  # the state of a training step's end: engines asleep, trainer on the device
+            self.rollout.sleep()
+            self.trainer.reload()
+        self.sync_weights()
 
     def full_state_dict(self) -> dict[str, Any]:
         """The trainer's whole policy (gathered, CPU, base-model names)."""

@@ -14,9 +14,12 @@ from typing import Any
 
 class RunLog:
     """Appends ``{"step", "stage", "time_s", <metrics>}`` records to ``metrics.jsonl`` and mirrors
-    every number to TensorBoard. ``fresh=True`` starts a new file (a resumed run passes False)."""
+        every number to TensorBoard. ``fresh=True`` starts a new file (a resumed run passes False and
+    ``purge_step``, the first step it redoes)."""
 
-    def __init__(self, run_dir: str | Path, fresh: bool = True, tensorboard: bool = True):
+    def __init__(
+        self, run_dir: str | Path, fresh: bool = True, tensorboard: bool = True, purge_step: int | None = None
+    ):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
@@ -26,14 +29,19 @@ class RunLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.dir / "tb"))
+            # purge_step: TensorBoard hides the events a resumed run writes again
+            self._tb = SummaryWriter(log_dir=str(self.dir / "tb"), purge_step=purge_step)
         self._start = time.monotonic()
 
-    def write(self, step: int, stage: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    def write(
+        self, step: int, stage: str, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Append one record; ``extra`` holds non-numeric fields (JSON only, not TensorBoard)."""
         numbers = {
             k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))
         }
         record = {"step": step, "stage": stage, "time_s": round(time.monotonic() - self._start, 3), **numbers}
+        record.update(extra or {})
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
@@ -46,6 +54,29 @@ class RunLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def truncate_metrics(run_dir: str | Path, last_step: int) -> int:
+    """Drop the records after ``last_step`` from ``<run_dir>/metrics.jsonl`` (a resumed run redoes
+    those steps), and a torn last line. Returns the records kept."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    kept = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number == len(lines):
+                continue  # the line a killed run was writing
+            raise ValueError(f"{path}:{number}: not a JSON record ({e}); not truncating it") from e
+        if record.get("step", 0) <= last_step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
+    return len(kept)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -103,6 +103,7 @@ class TrainerWorker:
         self.steps_done = 0
         self.skipped_updates = 0
         self.offloaded = False
+        self.ref_reset = False  # the reference was replaced by a copy of the policy
 
     # Setup --------------------------------------------------------------------------------------
 
@@ -370,7 +371,11 @@ class TrainerWorker:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+        was_offloaded = self.offloaded
+        self.reload()  # the gathers are collectives on the device
         state = self.full_state_dict()
+        if was_offloaded:
+            self.offload()
         if self.rank != 0:
             return None
         config = AutoConfig.from_pretrained(self.model_cfg.path)
@@ -385,6 +390,94 @@ class TrainerWorker:
         if gen.is_file() and not (Path(path) / "generation_config.json").is_file():
             (Path(path) / "generation_config.json").write_bytes(gen.read_bytes())
         return path
+
+    # Checkpoints --------------------------------------------------------------------------------
+
+    def save_state(self, path: str) -> None:
+        """Write this rank's training state under ``path``: the policy and AdamW shards through
+        ``torch.distributed.checkpoint`` (``path/dcp``; the reference too once
+        :meth:`reset_reference` replaced it), and the LR schedule, counters and RNG states
+        (``path/rank<R>.pt``). Collective."""
+        import torch
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+        was_offloaded = self.offloaded
+        self.reload()
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
+        if self.ref_reset:
+            state["ref"] = get_model_state_dict(self.ref)
+        dcp.save(state, checkpoint_id=os.path.join(path, "dcp"))
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(
+            {
+                "scheduler": self.scheduler.state_dict(),
+                "steps_done": self.steps_done,
+                "skipped_updates": self.skipped_updates,
+                "ref_reset": self.ref_reset,
+                "rng": rng,
+            },
+            os.path.join(path, f"rank{self.rank}.pt"),
+        )
+        if was_offloaded:
+            self.offload()
+
+    def load_state(self, path: str) -> None:
+        """Restore what :meth:`save_state` wrote (same number of ranks). Collective."""
+        import torch
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            get_model_state_dict,
+            get_state_dict,
+            set_model_state_dict,
+            set_state_dict,
+        )
+
+        side = torch.load(os.path.join(path, f"rank{self.rank}.pt"), weights_only=False)
+        was_offloaded = self.offloaded
+        self.reload()
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
+        if side["ref_reset"]:
+            if self.ref is None:
+                raise RuntimeError(f"{path} holds a reset reference model but this run builds none")
+            state["ref"] = get_model_state_dict(self.ref)
+        dcp.load(state, checkpoint_id=os.path.join(path, "dcp"))
+        set_state_dict(
+            self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        )
+        if side["ref_reset"]:
+            set_model_state_dict(self.ref, state["ref"])
+        self.ref_reset = side["ref_reset"]
+        self.scheduler.load_state_dict(side["scheduler"])
+        self.steps_done = side["steps_done"]
+        self.skipped_updates = side["skipped_updates"]
+        torch.set_rng_state(side["rng"]["torch"])
+        if "cuda" in side["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(side["rng"]["cuda"])
+        if was_offloaded:
+            self.offload()
+
+    def reset_reference(self) -> None:
+        """Make the KL reference a copy of the current policy (a stage with ``reset_reference``).
+        Both are sharded alike, so each rank copies its own shards."""
+        import torch
+
+        if self.ref is None:
+            raise RuntimeError(
+                "reset_reference needs a separate reference model: a stage with beta > 0 and no LoRA "
+                "(with LoRA the reference is the base model with the adapter disabled)"
+            )
+        policy = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, ref_param in self.ref.named_parameters():
+                src = policy[name]
+                dst = ref_param.to_local() if hasattr(ref_param, "to_local") else ref_param
+                dst.copy_((src.to_local() if hasattr(src, "to_local") else src).to(dst.device))
+        self.ref_reset = True
 
     # Offload schedule ---------------------------------------------------------------------------
 
@@ -534,6 +627,19 @@ class TrainerGroup:
 
     def save_pretrained(self, path: str | Path) -> str:
         return self._all("save_pretrained", str(path))[0]
+
+    def save_state(self, path: str | Path) -> None:
+        self._all("save_state", str(path))
+
+    def load_state(self, path: str | Path) -> None:
+        self._all("load_state", str(path))
+
+    def reset_reference(self) -> None:
+        self._all("reset_reference")
+
+    def state_digest(self) -> float:
+        """Sum of the ranks' :meth:`TrainerWorker.state_digest` (equal states, equal digests)."""
+        return sum(self._all("state_digest"))
 
     def offload(self) -> float:
         return max(self._all("offload"))
