@@ -112,6 +112,22 @@ class ChatTaskConfig:
 
 
 @dataclass
+class SFTChatTaskConfig:
+    train_size: int = _f(600, "chat examples (fact questions, benign and unsafe requests)")
+    eval_size: int = _f(40, "held-out chat examples")
+    unsafe_fraction: float = _f(0.3, "fraction of examples that are unsafe requests")
+    refuse_fraction: float = _f(
+        0.4, "fraction of the unsafe request families answered with a refusal; the rest comply"
+    )
+
+    def validate(self) -> None:
+        _check_sizes(self)
+        for name in ("unsafe_fraction", "refuse_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass
 class MakeDataConfig:
     recipe: str = _f("make_data", "which schema this file uses")
     output_dir: str = _f("out/data", "where the task folders are written")
@@ -121,6 +137,9 @@ class MakeDataConfig:
     helpful: PairTaskConfig = _f(PairTaskConfig, "helpfulness preference pairs")
     safety: PairTaskConfig = _f(PairTaskConfig, "safety preference pairs")
     chat: ChatTaskConfig = _f(ChatTaskConfig, "stage-2 prompts, benign and unsafe, labelled")
+    sft_chat: SFTChatTaskConfig = _f(
+        SFTChatTaskConfig, "SFT chat examples; none shares a prompt with another task's held-out split"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -456,7 +475,10 @@ class EvalConfig:
 
 @dataclass
 class RayConfig:
-    address: str = _f("", "Ray cluster address; '' = the one RAY_ADDRESS names, else start a local one")
+    address: str = _f(
+        "",
+        "Ray cluster address ('auto': the running local one); '' = RAY_ADDRESS's, else start a new local one",
+    )
     dashboard_host: str = _f("127.0.0.1", "where a locally started dashboard listens")
     include_dashboard: bool = _f(False, "start the dashboard with a local Ray")
     num_cpus: int = _f(0, "CPUs of a locally started Ray; 0 = all")

@@ -218,3 +218,13 @@ def make_tiny_model(arch: str, size: str, out_dir: str | Path, seed: int = 0, dt
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def render_prompt(tokenizer: Any, prompt: str | list[dict]) -> list[int]:
+    """Token ids of a prompt in chat form, ending with the assistant's turn marker (how GRPO and
+    ``align.evaluate`` render prompts)."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return [int(t) for t in ids]

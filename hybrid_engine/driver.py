@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from align.configs import GRPOConfig, GRPORecipeConfig, RayConfig, StageConfig
+from align.models import render_prompt
 from hybrid_engine.batch import GRPOBatch
 from hybrid_engine.metrics import PhaseTimer, RunLog
 from hybrid_engine.placement import Placement, make_placement
@@ -35,8 +36,9 @@ log = logging.getLogger(__name__)
 
 
 def init_ray(cfg: RayConfig) -> None:
-    """Connect to ``cfg.address``, or to the cluster ``RAY_ADDRESS`` names (``ray job submit``), or
-    start a local Ray; nothing when Ray is already initialised (tests, notebooks)."""
+    """Connect to ``cfg.address`` (``auto``: the running local cluster), or to the cluster
+    ``RAY_ADDRESS`` names (``ray job submit``), or start a new local Ray (never silently joining
+    whatever cluster runs on the machine); nothing when Ray is already initialised (tests, notebooks)."""
     import ray
 
     if ray.is_initialized():
@@ -47,19 +49,11 @@ def init_ray(cfg: RayConfig) -> None:
         ray.init()
     else:
         ray.init(
+            address="local",
             num_cpus=cfg.num_cpus or None,
             include_dashboard=cfg.include_dashboard,
             dashboard_host=cfg.dashboard_host,
         )
-
-
-def render_prompt(tokenizer: Any, prompt: str | list[dict]) -> list[int]:
-    """Token ids of a prompt in chat form, ending with the assistant's turn marker."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    ids = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=False
-    )
-    return [int(t) for t in ids]
 
 
 @dataclass

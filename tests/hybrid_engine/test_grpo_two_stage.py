@@ -1,0 +1,236 @@
+"""recipes/grpo_two_stage.py for real: two stages (verifiers, then reward models + rules) on a local
+Ray with a vLLM engine; killed with SIGKILL in the middle of stage 1 and resumed, matching an
+uninterrupted run; and submitted with ``ray job submit`` to a ``ray start`` cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "grpo_two_stage.py"
+YAML = ROOT / "recipes" / "configs" / "tiny" / "grpo_two_stage.yaml"
+STAGE1_STEPS, STAGE2_STEPS = 4, 2
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """A tiny DeepSeek-V2, an (untrained) reward model made from it, and small synthetic tasks."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from align.models import make_tiny_model
+    from recipes import make_data
+
+    base = tmp_path_factory.mktemp("two_stage")
+    model = Path(make_tiny_model("deepseek_v2", "tiny", base / "model", seed=0))
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1)
+    tok = AutoTokenizer.from_pretrained(model)
+    rm.config.pad_token_id = tok.pad_token_id
+    rm.save_pretrained(base / "rm")
+    tok.save_pretrained(base / "rm")
+    data = base / "data"
+    sizes = {"math": (64, 4), "code": (16, 2), "helpful": (8, 2), "safety": (8, 4), "chat": (32, 4)}
+    args = [f"output_dir={data}", "math.levels=[1]"]
+    for task, (train, held_out) in sizes.items():
+        args += [f"{task}.train_size={train}", f"{task}.eval_size={held_out}"]
+    assert make_data.main(["--config", str(ROOT / "recipes/configs/tiny/data.yaml"), *args]) == 0
+    return {"model": model, "rm": base / "rm", "data": data}
+
+
+def write_config(inputs: dict[str, Path], out: Path, path: Path) -> Path:
+    """The demo config, shrunk: CPU-sized actors, 4 + 2 steps of 4 prompts x 4, a checkpoint every
+    2 steps, evaluation on 2 prompts per task."""
+    cfg = yaml.safe_load(YAML.read_text())
+    data = inputs["data"]
+    cfg["output_dir"] = str(out)
+    cfg["model"]["path"] = str(inputs["model"])
+    cfg["rollout"].update(cpus_per_worker=0.25, kv_cache_gib=0.25, max_tokens=24)
+    cfg["trainer"].update(cpus_per_worker=0.25, lr=1e-3)
+    cfg["grpo"].update(prompts_per_step=4, group_size=4)
+    s1, s2 = cfg["stages"]
+    s1["data"]["train"] = [str(data / "math/train.jsonl"), str(data / "code/train.jsonl")]
+    s1["steps"] = STAGE1_STEPS
+    s2["data"]["train"] = [str(data / "chat/train.jsonl")]
+    s2["rewards"]["helpful"]["spec"] = s2["rewards"]["safety"]["spec"] = str(inputs["rm"])
+    s2["steps"] = STAGE2_STEPS
+    cfg["checkpoint"].update(every_steps=2, keep=2)
+    cfg["eval"].update(
+        data_dir=str(data), helpful_rm=str(inputs["rm"]), safety_rm=str(inputs["rm"]), limit=2, max_tokens=24
+    )
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def run_recipe(config_path: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(RECIPE), "--config", str(config_path)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def check_finished_run(out: Path) -> None:
+    """Both stages ran, the evaluations and the report exist, final/ loads."""
+    recs = records(out)
+    assert [r["step"] for r in recs] == list(range(1, STAGE1_STEPS + STAGE2_STEPS + 1))
+    assert [r["stage"] for r in recs] == ["reasoning"] * STAGE1_STEPS + ["preference"] * STAGE2_STEPS
+    # Stage 1 mixes math and code prompts: each verifier scores its own rows (None elsewhere).
+    stage1, stage2 = recs[:STAGE1_STEPS], recs[STAGE1_STEPS:]
+    assert all(f"reward/{k}/error_frac" in r for r in stage1 for k in ("math", "code"))
+    assert any("reward/math/mean" in r for r in stage1) and any("reward/code/mean" in r for r in stage1)
+    assert all(f"reward/{k}/mean" in r for r in stage2 for k in ("helpful", "safety", "rule"))
+    assert not any(f"reward/{k}/mean" in r for r in stage2 for k in ("math", "code"))
+    keys = {"math_acc", "code_pass", "helpful_rm", "safety_rm", "unsafe_refusal_rate", "benign_refusal_rate"}
+    for label in ("sft", "stage1", "stage2"):
+        assert keys <= set(json.loads((out / "eval" / f"{label}.json").read_text()))
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert {"sft", "stage1", "stage2"} <= set(summary)
+    assert (out / "report" / "rewards.png").stat().st_size > 1000
+    assert (out / "report" / "summary.md").is_file()
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    last = f"step_{STAGE1_STEPS + STAGE2_STEPS:06d}"
+    assert ckpts == ["LATEST", f"step_{STAGE1_STEPS:06d}", last]  # keep: 2
+    assert (out / "checkpoints" / "LATEST").read_text().strip() == last
+
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out / "final")
+
+
+def test_sigkill_mid_stage1_and_resume_matches_an_uninterrupted_run(inputs, tmp_path):
+    ref_out, out = tmp_path / "uninterrupted", tmp_path / "killed"
+    proc = run_recipe(write_config(inputs, ref_out, tmp_path / "ref.yaml"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "grpo: done" in proc.stdout
+    check_finished_run(ref_out)
+
+    cfg = write_config(inputs, out, tmp_path / "run.yaml")
+    killed = subprocess.Popen(
+        [sys.executable, str(RECIPE), "--config", str(cfg)],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen = []
+    try:
+        for line in killed.stdout:  # step 3 ran after the step-2 checkpoint: kill in mid stage 1
+            seen.append(line)
+            if re.match(r"step 3 \[reasoning\]", line):
+                break
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=60)
+    assert any(re.match(r"step 3 \[reasoning\]", line) for line in seen), "".join(seen[-50:])
+    assert (out / "checkpoints" / "LATEST").read_text().strip() == "step_000002"
+    assert not (out / "eval" / "stage1.json").exists()
+
+    proc = run_recipe(cfg)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "grpo: resuming from" in proc.stdout and "(step 2, stage reasoning)" in proc.stdout
+    check_finished_run(out)
+    ref, got = records(ref_out), records(out)
+    assert [r["data_indices"] for r in got] == [r["data_indices"] for r in ref]
+    assert [r["train/lr"] for r in got] == [r["train/lr"] for r in ref]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_to_a_running_cluster(inputs, tmp_path):
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    # `ray start` turns token authentication on (Ray 2.5x); the jobs CLI sends the token only when told.
+    env = {**_env(), "RAY_AUTH_MODE": "token"}
+    dashboard, gcs = _free_port(), _free_port()
+    head = subprocess.Popen(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=5).read()
+                break
+            except urllib.error.HTTPError:  # 401 without the token: the server is up
+                break
+            except OSError:
+                assert head.poll() is None, "ray start exited"
+                assert time.monotonic() < deadline, "the Ray dashboard did not come up"
+                time.sleep(2)
+        out = tmp_path / "job"
+        cfg = write_config(inputs, out, tmp_path / "job.yaml")
+        proc = subprocess.run(
+            [ray_bin, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--"]
+            + ["python", "recipes/grpo_two_stage.py", "--config", str(cfg)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert proc.returncode == 0 and "succeeded" in proc.stdout, proc.stdout[-5000:] + proc.stderr[-3000:]
+        assert "grpo: done" in proc.stdout
+        check_finished_run(out)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+        # `ray start` records the cluster for `ray.init()` to find; unlike `ray stop` (which would
+        # stop every Ray on the machine), a signal leaves the record behind.
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and current.read_text().strip().endswith(f":{gcs}"):
+            current.unlink()
