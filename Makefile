@@ -26,6 +26,7 @@ demo: install
 	$(BIN)/python recipes/sft.py --config recipes/configs/tiny/sft.yaml
 	$(BIN)/python recipes/reward_model.py --config recipes/configs/tiny/rm_helpful.yaml
 	$(BIN)/python recipes/reward_model.py --config recipes/configs/tiny/rm_safety.yaml
+	$(BIN)/python recipes/grpo_two_stage.py --config recipes/configs/tiny/grpo_two_stage.yaml
 
 test: install
 	$(BIN)/python -m pytest -q

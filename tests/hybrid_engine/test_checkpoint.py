@@ -84,3 +84,23 @@ def test_truncate_metrics_drops_later_steps_and_a_torn_line(tmp_path):
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON record"):
         truncate_metrics(tmp_path, 3)
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
+
+
+def test_resuming_with_a_changed_config_is_refused(tmp_path, capsys):
+    """The recipe compares the checkpoint's config fingerprint before it starts anything."""
+    from align import config
+    from align.configs import GRPORecipeConfig
+    from recipes import grpo_two_stage as recipe
+
+    yaml_path = "recipes/configs/tiny/grpo_two_stage.yaml"
+    cfg = config.load(GRPORecipeConfig, yaml_path, [f"output_dir={tmp_path}"])
+    state = {"step": 3, "stage_index": 0, "stage_name": "reasoning", "fingerprint": recipe.fingerprint(cfg)}
+    checkpoint.save(tmp_path / "checkpoints", 3, lambda tmp: tmp.mkdir(), state, keep=2)
+
+    changed = ["--config", yaml_path, f"output_dir={tmp_path}", "stages.0.steps=7"]
+    assert recipe.main(changed) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "stages" in err and "checkpoint.resume=never" in err
+    # where and how it runs may change: the fingerprint ignores those sections
+    moved = config.load(GRPORecipeConfig, yaml_path, [f"output_dir={tmp_path}/x", "rollout.num_workers=2"])
+    assert recipe.fingerprint(moved) == recipe.fingerprint(cfg)
