@@ -432,6 +432,9 @@ class StageConfig:
         {}, "name -> {spec, weight, options}; the reward is their weighted sum"
     )
     reward_timeout_s: float = _f(60.0, "deadline of one reward call (rewards.combine)")
+    reward_max_error_frac: float = _f(
+        0.5, "stop (after a checkpoint) when a reward fails on more than this fraction of recent samples"
+    )
     steps: int = _f(10, "GRPO steps of this stage")
     grpo: GRPOOverrideConfig = _f(GRPOOverrideConfig, "overrides of the top-level grpo section")
     reset_reference: bool = _f(

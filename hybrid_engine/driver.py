@@ -203,6 +203,7 @@ class GRPODriver:
                 for name, spec in stage.rewards.items()
             },
             timeout_s=stage.reward_timeout_s,
+            max_error_frac=stage.reward_max_error_frac,
         )
         return StageState(
             name=stage.name,

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from hybrid_engine import checkpoint
     from hybrid_engine.driver import GRPODriver, summary_line
     from hybrid_engine.metrics import RunLog, truncate_metrics
+    from rewards import RewardError
 
     out = Path(cfg.output_dir)
     ckpt_root, eval_dir = out / "checkpoints", out / "eval"
@@ -101,6 +102,23 @@ def main(argv: list[str] | None = None) -> int:
             shown = ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float))
             print(f"grpo: eval {label}: {shown}", flush=True)
 
+        def save(index: int, stage, stage_step: int) -> Path:
+            """Checkpoint after ``stage_step`` steps of stage ``index``; LATEST names it."""
+            state = {
+                "step": driver.step,
+                "stage_index": index,
+                "stage_name": stage.name,
+                "stage_step": stage_step,
+                "stage_done": stage_step == stage.steps,
+                "consumed": stage.consumed,
+                "time": time.time(),
+                "fingerprint": fingerprint(cfg),
+            }
+            start = time.perf_counter()
+            path = checkpoint.save(ckpt_root, driver.step, driver.save_checkpoint, state, cfg.checkpoint.keep)
+            tqdm.write(f"grpo: checkpoint {path} ({time.perf_counter() - start:.1f}s)")
+            return path
+
         if resumed is None:
             run_eval("sft")
         for index, stage_cfg in enumerate(cfg.stages):
@@ -120,8 +138,23 @@ def main(argv: list[str] | None = None) -> int:
                 unit="step",
                 dynamic_ncols=True,
             )
+
             for stage_step in range(done + 1, stage.steps + 1):
-                metrics = driver.train_step(stage)
+                try:
+                    metrics = driver.train_step(stage)
+                except RewardError as e:  # raised while scoring: the trainer has not moved
+                    stage.consumed -= stage.grpo.prompts_per_step  # this step is redone on resume
+                    bar.close()
+                    latest = checkpoint.latest(ckpt_root)
+                    if latest is None or checkpoint.read_state(latest)["step"] != driver.step:
+                        latest = save(index, stage, stage_step - 1)
+                    print(
+                        f"grpo: stopped in step {driver.step + 1} (stage {stage.name!r}): {e}\n"
+                        f"grpo: the run is saved in {latest}; fix the reward and run the same command "
+                        "to resume",
+                        file=sys.stderr,
+                    )
+                    return 3
                 driver.step += 1
                 runlog.write(driver.step, stage.name, metrics, extra={"data_indices": stage.last_indices})
                 bar.update(1)
@@ -129,21 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 tqdm.write(summary_line(driver.step, stage.name, metrics))
                 every = cfg.checkpoint.every_steps
                 if stage_step == stage.steps or (every > 0 and driver.step % every == 0):
-                    state = {
-                        "step": driver.step,
-                        "stage_index": index,
-                        "stage_name": stage.name,
-                        "stage_step": stage_step,
-                        "stage_done": stage_step == stage.steps,
-                        "consumed": stage.consumed,
-                        "time": time.time(),
-                        "fingerprint": fingerprint(cfg),
-                    }
-                    start = time.perf_counter()
-                    path = checkpoint.save(
-                        ckpt_root, driver.step, driver.save_checkpoint, state, cfg.checkpoint.keep
-                    )
-                    tqdm.write(f"grpo: checkpoint {path} ({time.perf_counter() - start:.1f}s)")
+                    save(index, stage, stage_step)
             bar.close()
             run_eval(f"stage{index + 1}")
 

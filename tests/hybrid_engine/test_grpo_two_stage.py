@@ -203,6 +203,45 @@ def torch_equal(a, b) -> bool:
     return torch.equal(a, b)
 
 
+FAULTY = Path(__file__).with_name("_faulty_rewards.py")
+
+
+def _one_reward_stage1(cfg_path: Path, fn: str, max_error_frac: float) -> None:
+    cfg = yaml.safe_load(cfg_path.read_text())
+    s1 = cfg["stages"][0]
+    s1["rewards"] = {"faulty": {"spec": f"{FAULTY}:{fn}", "weight": 1.0}}
+    s1.update(reward_timeout_s=2.0, reward_max_error_frac=max_error_frac)
+    cfg["eval"]["enabled"] = False
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def test_reward_faults_are_counted_and_too_many_stop_the_run_after_a_checkpoint(inputs, tmp_path):
+    # 10% raise, 5% NaN, 2% hang: the run completes and the metrics show the fractions.
+    out = tmp_path / "flaky"
+    cfg = write_config(inputs, out, tmp_path / "flaky.yaml")
+    _one_reward_stage1(cfg, "flaky", max_error_frac=0.5)
+    proc = run_recipe(cfg)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    stage1 = records(out)[:STAGE1_STEPS]
+    n = 4 * 4 * STAGE1_STEPS
+    errors = sum(r["reward/faulty/error_frac"] for r in stage1) * 16 / n
+    timeouts = sum(r["reward/faulty/timeout_frac"] for r in stage1) * 16 / n
+    assert 0.03 <= errors <= 0.35 and 0 < timeouts <= 0.15, (errors, timeouts)
+    assert len(records(out)) == STAGE1_STEPS + STAGE2_STEPS
+
+    # A reward failing past the threshold: a clear message, a checkpoint, exit status 3; resumable.
+    out = tmp_path / "broken"
+    cfg = write_config(inputs, out, tmp_path / "broken.yaml")
+    _one_reward_stage1(cfg, "broken", max_error_frac=0.5)
+    proc = run_recipe(cfg)
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "grpo: stopped in step 1 (stage 'reasoning'): reward 'faulty' failed on 16" in proc.stderr
+    assert "broken reward: always fails" in proc.stderr
+    assert f"the run is saved in {out / 'checkpoints' / 'step_000000'}" in proc.stderr
+    state = json.loads((out / "checkpoints" / "step_000000" / "state.json").read_text())
+    assert state["step"] == 0 and state["stage_step"] == 0 and state["consumed"] == 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
