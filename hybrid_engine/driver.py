@@ -35,6 +35,26 @@ from hybrid_engine.trainer import TrainerGroup
 log = logging.getLogger(__name__)
 
 
+def check_dashboard_exposure(cfg: RayConfig) -> None:
+    """Refuse to start a dashboard (which accepts jobs, i.e. runs code) on a non-loopback address
+    unless Ray's token authentication is on (``RAY_AUTH_MODE=token``)."""
+    import ipaddress
+
+    if cfg.address or os.environ.get("RAY_ADDRESS") or not cfg.include_dashboard:
+        return  # no local dashboard is started
+    host = cfg.dashboard_host.strip()
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        raise ValueError(
+            f"ray.dashboard_host={host!r} would expose Ray's dashboard (and its job API, which runs "
+            "code) beyond this machine without authentication; use 127.0.0.1, or set "
+            "RAY_AUTH_MODE=token to turn on Ray's token authentication"
+        )
+
+
 def init_ray(cfg: RayConfig) -> None:
     """Connect to ``cfg.address`` (``auto``: the running local cluster), or to the cluster
     ``RAY_ADDRESS`` names (``ray job submit``), or start a new local Ray (never silently joining
@@ -43,6 +63,7 @@ def init_ray(cfg: RayConfig) -> None:
 
     if ray.is_initialized():
         return
+    check_dashboard_exposure(cfg)
     if cfg.address:
         ray.init(address=cfg.address)
     elif os.environ.get("RAY_ADDRESS"):

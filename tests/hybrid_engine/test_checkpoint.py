@@ -1,5 +1,6 @@
-"""The checkpoint directory protocol (temporary name, rename, LATEST last, pruning) and the metrics
-truncation a resumed run does; no Ray, no models."""
+"""The checkpoint directory protocol (temporary name, rename, LATEST last, pruning), the metrics
+truncation a resumed run does, the refusal to resume with a changed config, and the dashboard
+exposure check; no Ray cluster, no models."""
 
 from __future__ import annotations
 
@@ -104,3 +105,19 @@ def test_resuming_with_a_changed_config_is_refused(tmp_path, capsys):
     # where and how it runs may change: the fingerprint ignores those sections
     moved = config.load(GRPORecipeConfig, yaml_path, [f"output_dir={tmp_path}/x", "rollout.num_workers=2"])
     assert recipe.fingerprint(moved) == recipe.fingerprint(cfg)
+
+
+def test_the_dashboard_stays_on_loopback_unless_token_auth_is_on(monkeypatch):
+    from align.configs import RayConfig
+    from hybrid_engine.driver import check_dashboard_exposure
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    assert RayConfig().dashboard_host == "127.0.0.1" and RayConfig().include_dashboard is False
+    for host in ("127.0.0.1", "localhost", "::1"):
+        check_dashboard_exposure(RayConfig(include_dashboard=True, dashboard_host=host))
+    check_dashboard_exposure(RayConfig(include_dashboard=False, dashboard_host="0.0.0.0"))  # none started
+    with pytest.raises(ValueError, match=r"dashboard_host='0.0.0.0'.*RAY_AUTH_MODE=token"):
+        check_dashboard_exposure(RayConfig(include_dashboard=True, dashboard_host="0.0.0.0"))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    check_dashboard_exposure(RayConfig(include_dashboard=True, dashboard_host="0.0.0.0"))
