@@ -466,6 +466,16 @@ class CheckpointConfig:
 
 
 @dataclass
+class SandboxConfig:
+    allow_unisolated: bool = _f(
+        False, "run model-written code without the namespace sandbox when its isolation probe fails (unsafe)"
+    )
+    mode: Literal["auto", "root", "userns", "none"] = _f(
+        "auto", "isolation: auto (root when root, else a user namespace), root, userns, none"
+    )
+
+
+@dataclass
 class EvalConfig:
     enabled: bool = _f(True, "evaluate before the first stage and after each stage (eval/<label>.json)")
     tasks: list[str] = _f(["math", "code", "helpful", "safety"], "align.evaluate tasks")
@@ -500,6 +510,7 @@ class GRPORecipeConfig:
     stages: list[StageConfig] = _f([], "stages run in order, each with its data, rewards and steps")
     checkpoint: CheckpointConfig = _f(CheckpointConfig, "checkpoints and resume")
     eval: EvalConfig = _f(EvalConfig, "held-out evaluation around the stages (recipes/grpo_two_stage.py)")
+    sandbox: SandboxConfig = _f(SandboxConfig, "how the code reward runs model-written programs")
     report: bool = _f(True, "write report/ (plots, summary.json, summary.md) at the end")
     ray: RayConfig = _f(RayConfig, "the Ray cluster")
 

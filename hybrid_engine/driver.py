@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from align.configs import GRPOConfig, GRPORecipeConfig, RayConfig, StageConfig
+from align.configs import GRPOConfig, GRPORecipeConfig, RayConfig, SandboxConfig, StageConfig
 from align.models import render_prompt
 from hybrid_engine.batch import GRPOBatch
 from hybrid_engine.metrics import PhaseTimer, RunLog
@@ -33,6 +33,13 @@ from hybrid_engine.placement import Placement, make_placement
 from hybrid_engine.trainer import TrainerGroup
 
 log = logging.getLogger(__name__)
+
+
+def configure_sandbox(cfg: SandboxConfig) -> None:
+    """Apply the config's ``sandbox`` section to :mod:`rewards.sandbox` (the code reward's runner)."""
+    from rewards import sandbox
+
+    sandbox.configure(allow_unsafe=cfg.allow_unisolated, mode=cfg.mode)
 
 
 def check_dashboard_exposure(cfg: RayConfig) -> None:
@@ -143,6 +150,7 @@ class GRPODriver:
 
         cfg, times = self.cfg, {}
         start = time.perf_counter()
+        configure_sandbox(cfg.sandbox)
         init_ray(cfg.ray)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0

@@ -121,3 +121,22 @@ def test_the_dashboard_stays_on_loopback_unless_token_auth_is_on(monkeypatch):
         check_dashboard_exposure(RayConfig(include_dashboard=True, dashboard_host="0.0.0.0"))
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     check_dashboard_exposure(RayConfig(include_dashboard=True, dashboard_host="0.0.0.0"))
+
+
+def test_the_sandbox_section_configures_the_code_reward_runner():
+    from align import config
+    from align.configs import GRPORecipeConfig
+    from hybrid_engine.driver import configure_sandbox
+    from rewards import sandbox
+
+    yaml_path = "recipes/configs/tiny/grpo_two_stage.yaml"
+    try:
+        cfg = config.load(
+            GRPORecipeConfig, yaml_path, ["sandbox.allow_unisolated=true", "sandbox.mode=userns"]
+        )
+        configure_sandbox(cfg.sandbox)
+        assert sandbox._settings.allow_unsafe is True and sandbox._settings.mode == "userns"
+        configure_sandbox(config.load(GRPORecipeConfig, yaml_path).sandbox)
+        assert sandbox._settings.allow_unsafe is False and sandbox._settings.mode == "auto"
+    finally:
+        sandbox.configure(allow_unsafe=False, mode="auto")
