@@ -305,6 +305,10 @@ class RolloutConfig:
     threads: int = _f(1, "torch threads per engine; 0 = Ray's default (the CPUs reserved)")
     cpus_per_worker: float = _f(1.0, "Ray CPUs reserved per engine")
     weight_bucket_mb: int = _f(64, "weights travel to the engines in buckets of about this size")
+    max_restarts: int = _f(
+        3,
+        "times Ray restarts a dead engine; the driver then re-sends the weights and retries the step's generation",
+    )
 
     def validate(self) -> None:
         for name in ("num_workers", "tensor_parallel_size", "max_tokens", "weight_bucket_mb"):

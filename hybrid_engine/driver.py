@@ -183,6 +183,8 @@ class GRPODriver:
         engine = ray.remote(RolloutWorker)
         engines = [
             engine.options(
+                max_restarts=r.max_restarts,  # a restarted engine starts from model.path: see _generate
+                max_task_retries=0,
                 num_cpus=r.cpus_per_worker,
                 num_gpus=self.placement.rollout_gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
@@ -288,7 +290,8 @@ class GRPODriver:
             seed=(cfg.seed * 1_000_003 + self.step) * 4096,
         )
         with timer("gen"):
-            groups = self.rollout.generate(prompt_ids, params)
+            groups, restarts = self._generate(prompt_ids, params)
+        metrics["rollout/restarts"] = float(restarts)
         if self.offload:
             metrics.update(_prefixed("memory/rollout", self.trainer.memory()))
         completions = [c for cs in groups for c in cs]
@@ -351,6 +354,37 @@ class GRPODriver:
         total_tokens = int(batch.lengths_B.sum())
         metrics["perf/tokens_per_s"] = total_tokens / metrics["timing/step"]
         return metrics
+
+    def _generate(self, prompt_ids: list[list[int]], params: Any) -> tuple[list, int]:
+        """Generate; when an engine died (Ray restarts it, from ``model.path``), wait until every
+        engine answers, send them the current weights, and retry, up to ``rollout.max_restarts``
+        times. Returns the completions and the number of retries."""
+        from ray.exceptions import RayActorError
+
+        for attempt in range(self.cfg.rollout.max_restarts + 1):
+            try:
+                return self.rollout.generate(prompt_ids, params), attempt
+            except RayActorError as e:
+                if attempt == self.cfg.rollout.max_restarts:
+                    raise
+                log.warning("a rollout engine died during generation (%s); restarting it", e)
+                print(f"grpo: a rollout engine died in step {self.step + 1}; retrying", flush=True)
+                self._wait_for_engines()
+                if self.offload:
+                    self.rollout.sleep()
+                    self.trainer.reload()
+                self.sync_weights()
+        raise AssertionError("unreachable")
+
+    def _wait_for_engines(self, timeout_s: float = 600.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            report = self.rollout.health(timeout_s=max(1.0, min(60.0, deadline - time.monotonic())))
+            if all(r.get("ok") for r in report):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rollout engines did not come back within {timeout_s:.0f}s: {report}")
+            time.sleep(2.0)
 
     # Weights, checkpoints and shutdown ---------------------------------------------------------
 

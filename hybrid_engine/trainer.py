@@ -544,6 +544,10 @@ class TrainerWorker:
             dist.destroy_process_group()
 
 
+class TrainerFailure(RuntimeError):
+    """A trainer rank died: the group cannot go on (its collectives need every rank)."""
+
+
 class TrainerGroup:
     """``num_workers`` :class:`TrainerWorker` actors driven in lockstep from the driver.
 
@@ -586,14 +590,27 @@ class TrainerGroup:
         return len(self.workers)
 
     def _all(self, method: str, *args: Any) -> list[Any]:
-        import ray
-
-        return ray.get([getattr(w, method).remote(*args) for w in self.workers])
+        return self._gather(method, [getattr(w, method).remote(*args) for w in self.workers])
 
     def _each(self, method: str, per_rank: Sequence[Sequence[Any]]) -> list[Any]:
-        import ray
+        refs = [getattr(w, method).remote(*args) for w, args in zip(self.workers, per_rank)]
+        return self._gather(method, refs)
 
-        return ray.get([getattr(w, method).remote(*args) for w, args in zip(self.workers, per_rank)])
+    def _gather(self, method: str, refs: list[Any]) -> list[Any]:
+        """The ranks' results; a rank that died (or raised) fails the call at once, rather than
+        after the other ranks give up waiting for it in a collective."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(ready[0])
+            except RayActorError as e:
+                rank = refs.index(ready[0])
+                raise TrainerFailure(f"trainer rank {rank} died during {method}: {e}") from e
+        return ray.get(refs)
 
     def set_grpo(self, grpo: GRPOConfig) -> None:
         self._all("set_grpo", grpo)

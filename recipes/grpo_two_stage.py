@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from hybrid_engine import checkpoint
     from hybrid_engine.driver import GRPODriver, summary_line
     from hybrid_engine.metrics import RunLog, truncate_metrics
+    from hybrid_engine.trainer import TrainerFailure
     from rewards import RewardError
 
     out = Path(cfg.output_dir)
@@ -168,6 +169,18 @@ def main(argv: list[str] | None = None) -> int:
 
         final = driver.save_pretrained(out / "final")
         print(f"grpo: done; model in {final}, metrics in {runlog.path}", flush=True)
+    except TrainerFailure as e:
+        latest = checkpoint.latest(ckpt_root)
+        print(
+            f"grpo: stopped: {e}\ngrpo: "
+            + (
+                f"run the same command to resume from {latest}"
+                if latest
+                else "no checkpoint was written yet: the run starts over"
+            ),
+            file=sys.stderr,
+        )
+        return 4
     finally:
         runlog.close()
         driver.shutdown()

@@ -203,6 +203,84 @@ def torch_equal(a, b) -> bool:
     return torch.equal(a, b)
 
 
+def _actor_pids(session: int, name: str) -> list[int]:
+    """PIDs of the Ray actor processes ``ray::<name>...`` a recipe run (its own session) started."""
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if (p.info["cmdline"] or [""])[0].startswith(f"ray::{name}") and os.getsid(p.pid) == session:
+                pids.append(p.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return pids
+
+
+def _start(cfg: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(RECIPE), "--config", str(cfg)],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _read_until(proc: subprocess.Popen, prefix: str) -> list[str]:
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(prefix):
+            return seen
+    raise AssertionError(f"the run ended before {prefix!r}:\n" + "".join(seen[-50:]))
+
+
+def test_a_killed_rollout_engine_is_restarted_and_the_step_retried(inputs, tmp_path):
+    out = tmp_path / "run"
+    proc = _start(write_config(inputs, out, tmp_path / "run.yaml"))
+    try:
+        _read_until(proc, "step 2 [reasoning]")
+        engines = _actor_pids(proc.pid, "RolloutWorker")
+        assert len(engines) == 1, engines
+        os.kill(engines[0], signal.SIGKILL)
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=600) == 0, rest[-5000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "a rollout engine died" in rest
+    check_finished_run(out)
+    assert sum(r["rollout/restarts"] for r in records(out)) >= 1
+    # the retried step generated with the trained weights, not model.path's
+    diffs = [r["train/rollout_logp_abs_diff"] for r in records(out) if "train/rollout_logp_abs_diff" in r]
+    assert len(diffs) == STAGE1_STEPS + STAGE2_STEPS and max(diffs) < 1e-3, diffs
+
+
+def test_a_killed_trainer_rank_stops_the_run_cleanly_and_it_resumes(inputs, tmp_path):
+    out = tmp_path / "run"
+    cfg = write_config(inputs, out, tmp_path / "run.yaml")
+    proc = _start(cfg)
+    try:
+        _read_until(proc, "step 3 [reasoning]")
+        ranks = _actor_pids(proc.pid, "TrainerWorker")
+        assert len(ranks) == 2, ranks
+        os.kill(ranks[1], signal.SIGKILL)
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=300) == 4, rest[-5000:]  # bounded: no hang in a collective
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "grpo: stopped: trainer rank" in rest and "died during" in rest
+    assert f"run the same command to resume from {out / 'checkpoints' / 'step_000002'}" in rest
+    done = run_recipe(cfg)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert "grpo: resuming from" in done.stdout
+    check_finished_run(out)
+
+
 FAULTY = Path(__file__).with_name("_faulty_rewards.py")
 
 
