@@ -197,6 +197,43 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(
     assert all(torch_equal(want[k], have[k]) for k in want)
 
 
+def test_sigkill_during_a_checkpoint_write_never_loads_the_half_written_one(inputs, uninterrupted, tmp_path):
+    out = tmp_path / "killed"
+    cfg = write_config(inputs, out, tmp_path / "run.yaml")
+    proc = _start(cfg)
+    ckpts = out / "checkpoints"
+    caught = None
+    try:
+        deadline = time.monotonic() + 600
+        while caught is None and proc.poll() is None and time.monotonic() < deadline:
+            partial = [p for p in ckpts.glob("step_*.tmp")] if ckpts.is_dir() else []
+            if partial:
+                os.killpg(proc.pid, signal.SIGKILL)  # mid-write: the directory is still *.tmp
+                caught = partial[0].name
+            time.sleep(0.002)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert caught is not None, "no checkpoint write was caught in progress"
+    step = int(caught.removeprefix("step_").removesuffix(".tmp"))
+    latest = checkpoint_latest(ckpts)
+    assert latest is None or int(latest.removeprefix("step_")) < step  # the torn one is not published
+
+    done = run_recipe(cfg)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    check_finished_run(out)
+    assert not list(ckpts.glob("*.tmp"))
+    ref, got = records(uninterrupted), records(out)
+    for key in ("data_indices", "reward/mean", "train/grad_norm"):
+        assert [g[key] for g in got] == [r[key] for r in ref], key
+
+
+def checkpoint_latest(root: Path) -> str | None:
+    marker = root / "LATEST"
+    return marker.read_text().strip() if marker.is_file() else None
+
+
 def torch_equal(a, b) -> bool:
     import torch
 
