@@ -318,6 +318,33 @@ def test_a_killed_trainer_rank_stops_the_run_cleanly_and_it_resumes(inputs, tmp_
     check_finished_run(out)
 
 
+def test_lora_grpo_trains_only_the_adapters_and_the_engine_gets_merged_weights(inputs, tmp_path):
+    out = tmp_path / "lora"
+    path = write_config(inputs, out, tmp_path / "lora.yaml")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["stages"] = cfg["stages"][:1]
+    cfg["stages"][0]["steps"] = 3
+    cfg["model"]["lora"] = {"r": 4, "alpha": 8}
+    cfg["eval"]["enabled"] = False
+    cfg["trainer"]["lr"] = 1e-2
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = run_recipe(path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    recs = records(out)
+    assert [r["step"] for r in recs] == [1, 2, 3] and any(r["train/grad_norm"] > 0 for r in recs)
+    # The engine samples from base + merged adapters: its log-probs are the trainer's.
+    assert max(r["train/rollout_logp_abs_diff"] for r in recs) < 1e-3
+
+    from transformers import AutoModelForCausalLM
+
+    start = AutoModelForCausalLM.from_pretrained(inputs["model"]).state_dict()
+    final = AutoModelForCausalLM.from_pretrained(out / "final").state_dict()
+    assert set(final) == set(start)  # merged: plain base-model names, no lora_A/lora_B
+    targets = ("q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
+    changed = {n for n in start if not torch_equal(start[n], final[n])}
+    assert changed and all(n.split(".")[-2] in targets for n in changed), sorted(changed)
+
+
 FAULTY = Path(__file__).with_name("_faulty_rewards.py")
 
 
