@@ -1,4 +1,4 @@
-"""Deterministic synthetic tasks (math, code, helpful, safety, chat) for the tiny CPU pipeline.
+"""Deterministic synthetic tasks (math, code, helpful, safety, chat, sft_chat) for the tiny CPU pipeline.
 
 Each task draws from a finite space of templates and parameters with ``random.Random`` only, so the
 same seed gives byte-identical files. Train and eval rows are drawn together without replacement
@@ -9,14 +9,22 @@ tokenizer spends one token per character.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from align.configs import ChatTaskConfig, CodeTaskConfig, MakeDataConfig, MathTaskConfig, PairTaskConfig
+from align.configs import (
+    ChatTaskConfig,
+    CodeTaskConfig,
+    MakeDataConfig,
+    MathTaskConfig,
+    PairTaskConfig,
+    SFTChatTaskConfig,
+)
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "math": ("prompt", "answer", "level", "solution", "messages"),
@@ -24,6 +32,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "helpful": ("prompt", "chosen", "rejected", "kind"),
     "safety": ("prompt", "chosen", "rejected", "unsafe", "category"),
     "chat": ("prompt", "unsafe", "category"),
+    "sft_chat": ("prompt", "messages", "unsafe", "category"),
 }
 
 
@@ -42,6 +51,9 @@ class _Family:
     name: str
     axes: tuple[Sequence, ...]
     make: Callable[..., dict]
+    # axes are (wordings, values): draw every value once (each in a random wording) before any
+    # value again, so the held-out rows' values are in training too, asked in other words
+    by_value: bool = False
 
     @property
     def size(self) -> int:
@@ -72,29 +84,59 @@ def _allocate(n: int, capacities: Sequence[int]) -> list[int]:
     return alloc
 
 
-def _prefix_of_permutation(rng: random.Random, n: int, k: int) -> list[int]:
-    """The first ``k`` of a random permutation of ``range(n)`` (lazy Fisher-Yates): the first ones
-    do not depend on ``k``, so a larger train set leaves the held-out rows as they were."""
+def _permutation(rng: random.Random, n: int) -> Iterator[int]:
+    """A random permutation of ``range(n)``, lazily (Fisher-Yates): the first ones do not depend on
+    how many are taken, so a larger train set leaves the held-out rows as they were."""
     moved: dict[int, int] = {}
-    out = []
-    for i in range(k):
+    for i in range(n):
         j = rng.randrange(i, n)
-        out.append(moved.get(j, j))
+        yield moved.get(j, j)
         moved[j] = moved.get(i, i)
-    return out
 
 
-def _split(task: str, seed: int, parts: list[tuple[list[list[_Family]], int, int, str]]):
+def _by_value(rng: random.Random, fam: _Family) -> Iterator[int]:
+    """Like ``_permutation`` over a (wordings, values) family, in rounds that each hold every value once."""
+    n_ask, n_val = len(fam.axes[0]), len(fam.axes[1])
+    asks = [rng.sample(range(n_ask), n_ask) for _ in range(n_val)]  # each value's wordings, in order
+    for r in range(n_ask):
+        for v in rng.sample(range(n_val), n_val):
+            yield asks[v][r] * n_val + v
+
+
+_EXACT_CAPACITY_LIMIT = 50_000  # counting a family's prompts costs ~5 us each
+
+
+def _capacity(fam: _Family, exclude: Collection[str]) -> int:
+    """How many items of ``fam`` have a prompt outside ``exclude`` (prompts never depend on the rng).
+    A family larger than ``_EXACT_CAPACITY_LIMIT`` gets the lower bound ``size - len(exclude)``
+    instead: its capacity never binds the water-filling of ``_allocate`` at any practical size, so
+    the allocation is the exact one, without building a million prompts."""
+    if not exclude:
+        return fam.size
+    if fam.size > _EXACT_CAPACITY_LIMIT:
+        return max(fam.size - len(exclude), 0)
+    rng = random.Random(0)
+    return sum(fam.item(j, rng)["prompt"] not in exclude for j in range(fam.size))
+
+
+def _split(
+    task: str,
+    seed: int,
+    parts: list[tuple[list[list[_Family]], int, int, str]],
+    exclude: Collection[str] = frozenset(),
+):
     """(train, eval) items: each part's rows balanced over its groups, then over their families.
 
     Within a family, eval takes the first rows of a seeded permutation of its space and train the
-    next ones, so the splits never share a prompt and eval does not change with train_size.
+    next ones, so the splits never share a prompt and eval does not change with train_size. Items
+    whose prompt is in ``exclude`` (another task's held-out prompts) are passed over.
     """
     train, held_out = [], []
     for p, (groups, n_train, n_eval, what) in enumerate(parts):
         if n_train < 0 or n_eval < 0:
             raise ValueError(f"{what}: sizes must be >= 0, got train={n_train} eval={n_eval}")
-        caps = [sum(f.size for f in g) for g in groups]
+        fam_caps = [[_capacity(f, exclude) for f in g] for g in groups]
+        caps = [sum(c) for c in fam_caps]
         if n_train + n_eval > sum(caps):
             key = what.split()[0]
             raise TaskSizeError(
@@ -103,14 +145,18 @@ def _split(task: str, seed: int, parts: list[tuple[list[list[_Family]], int, int
             )
         eval_alloc = _allocate(n_eval, caps)
         train_alloc = _allocate(n_train, [c - e for c, e in zip(caps, eval_alloc)])
-        for g, (group, e, t) in enumerate(zip(groups, eval_alloc, train_alloc)):
-            sizes = [f.size for f in group]
+        for g, (group, sizes, e, t) in enumerate(zip(groups, fam_caps, eval_alloc, train_alloc)):
             fam_eval = _allocate(e, sizes)
             fam_train = _allocate(t, [s - x for s, x in zip(sizes, fam_eval)])
             for i, (fam, ne, nt) in enumerate(zip(group, fam_eval, fam_train)):
-                order = _prefix_of_permutation(_rng(task, seed, p, g, i, "order"), fam.size, ne + nt)
+                order_rng = _rng(task, seed, p, g, i, "order")
+                order = _by_value(order_rng, fam) if fam.by_value else _permutation(order_rng, fam.size)
                 item_rng = _rng(task, seed, p, g, i, "items")  # eval items are made first: stable too
-                items = [fam.item(j, item_rng) for j in order]
+                items: list[dict] = []
+                while len(items) < ne + nt:
+                    item = fam.item(next(order), item_rng)
+                    if item["prompt"] not in exclude:
+                        items.append(item)
                 held_out += items[:ne]
                 train += items[ne:]
     prompts = [x["prompt"] for x in train + held_out]
@@ -469,47 +515,60 @@ def _parity(rng, n):
     return _fact(f"Is {n} even or odd?", f"{n} is {right}.", f"{n} is {wrong}.")
 
 
-def _letters(rng, w):
-    return _fact(f"How many letters are in the word '{w}'?", f"'{w}' has {len(w)} letters.",
-                 f"'{w}' has {len(w) + rng.choice((-1, 1))} letters.")
+def _letters(rng, ask, w):
+    wrong = len(w) + rng.choice((-1, 1))
+    return _fact(ask.format(w), f"'{w}' has {len(w)} letters.", f"'{w}' has {wrong} letters.")
 
 
-def _backwards(rng, w):
-    return _fact(
-        f"Spell '{w}' backwards.", f"'{w}' backwards is '{w[::-1]}'.", f"'{w}' backwards is '{w[::-1][:-1]}'."
-    )
+def _backwards(rng, ask, w):
+    return _fact(ask.format(w), f"'{w}' backwards is '{w[::-1]}'.", f"'{w}' backwards is '{w[::-1][:-1]}'.")
 
 
-def _next_letter(rng, c):
-    return _fact(f"What letter comes after '{c}'?", f"'{chr(ord(c) + 1)}' comes after '{c}'.",
-                 f"'{c}' comes after '{c}'.")
+def _next_letter(rng, ask, c):
+    return _fact(ask.format(c), f"'{chr(ord(c) + 1)}' comes after '{c}'.", f"'{c}' comes after '{c}'.")
 
 
-def _capital(rng, country):
+def _capital(rng, ask, country):
     wrong = rng.choice([c for k, c in CAPITALS.items() if k != country])
-    return _fact(f"What is the capital of {country}?", f"The capital of {country} is {CAPITALS[country]}.",
+    return _fact(ask.format(country), f"The capital of {country} is {CAPITALS[country]}.",
                  f"The capital of {country} is {wrong}.")
 
 
-def _legs(rng, animal):
-    return _fact(f"How many legs does a {animal} have?", f"A {animal} has {LEGS[animal]} legs.",
-                 f"A {animal} has {LEGS[animal] + 2} legs.")
+def _legs(rng, ask, animal):
+    n = LEGS[animal]
+    return _fact(ask.format(animal), f"A {animal} has {n} legs.", f"A {animal} has {n + 2} legs.")
 
 
-def _day_after(rng, i):
-    return _fact(f"What day comes after {DAYS[i]}?", f"{DAYS[(i + 1) % 7]} comes after {DAYS[i]}.",
-                 f"{DAYS[i - 1]} comes after {DAYS[i]}.")
+def _day_after(rng, ask, i):
+    day, after, before = DAYS[i], DAYS[(i + 1) % 7], DAYS[i - 1]
+    return _fact(ask.format(day), f"{after} comes after {day}.", f"{before} comes after {day}.")
 
+
+# The knowledge families (a small set of words, countries, animals, days) are asked several ways, so
+# a held-out question asks about something the training split also covers, in other words: the
+# held-out items test the same knowledge, not facts no training row holds.
+ASK_LETTERS = ("How many letters are in the word '{}'?", "Count the letters in the word '{}'.",
+               "How long is the word '{}' in letters?")
+ASK_BACKWARDS = ("Spell '{}' backwards.", "Write the word '{}' in reverse.",
+                 "What is '{}' spelled backwards?")
+ASK_NEXT_LETTER = ("What letter comes after '{}'?", "Which letter follows '{}'?",
+                   "Name the letter after '{}' in the alphabet.")
+ASK_CAPITAL = ("What is the capital of {}?", "Name the capital city of {}.",
+               "Which city is the capital of {}?", "Tell me the capital of {}.")
+ASK_LEGS = ("How many legs does a {} have?", "Count the legs of a {}.", "How many legs has a {} got?",
+            "What number of legs does a {} have?")
+ASK_DAY_AFTER = ("What day comes after {}?", "Which day follows {}?", "Name the day after {}.",
+                 "Which day is the day after {}?")
 
 FACT_FAMILIES: list[_Family] = [
     _Family("larger", ([(a, b) for a in _r(1, 99) for b in _r(1, 99) if a != b],), _larger),
     _Family("parity", (_r(1, 999),), _parity),
-    _Family("letters", (WORDS,), _letters),
-    _Family("backwards", (WORDS,), _backwards),
-    _Family("next_letter", (LOWER[:-1],), _next_letter),
-    _Family("capital", (tuple(CAPITALS),), _capital),
-    _Family("legs", (tuple(LEGS),), _legs),
-    _Family("day_after", (range(7),), _day_after),
+    _Family("letters", (ASK_LETTERS, WORDS), _letters),
+    _Family("backwards", (ASK_BACKWARDS, WORDS), _backwards),
+    _Family("next_letter", (ASK_NEXT_LETTER, LOWER[:-1]), _next_letter),
+    _Family("capital", (ASK_CAPITAL, tuple(CAPITALS)), _capital, by_value=True),
+    _Family("legs", (ASK_LEGS, tuple(LEGS)), _legs, by_value=True),
+    _Family("day_after", (ASK_DAY_AFTER, range(7)), _day_after, by_value=True),
 ]
 # fmt: on
 
@@ -571,20 +630,24 @@ def _pairing(fam: _Family, pair: Callable) -> _Family:
         chosen, rejected, kind = pair(rng, item)
         return {"prompt": item["prompt"], "chosen": chosen, "rejected": rejected, "kind": kind}
 
-    return _Family(fam.name, fam.axes, make)
+    return dataclasses.replace(fam, make=make)
 
 
 ALL_MATH = [f for lv in sorted(MATH_FAMILIES) for f in MATH_FAMILIES[lv]]
 
 
-def make_helpful(cfg: PairTaskConfig, seed: int) -> tuple[list[dict], list[dict]]:
-    """Helpfulness pairs over math, code and factual prompts, one third each (``kind``: domain/defect)."""
+def make_helpful(
+    cfg: PairTaskConfig, seed: int, exclude: Collection[str] = frozenset()
+) -> tuple[list[dict], list[dict]]:
+    """Helpfulness pairs over math, code and factual prompts, one third each (``kind``: domain/defect).
+    ``exclude``: prompts no row may have (other tasks' held-out prompts; see ``generate``)."""
     groups = [
         [_pairing(f, _helpful_math) for f in ALL_MATH],
         [_pairing(f, _helpful_code) for f in CODE_FAMILIES],
         [_pairing(f, _helpful_fact) for f in FACT_FAMILIES],
     ]
-    train, held_out = _split("helpful", seed, [(groups, cfg.train_size, cfg.eval_size, "helpful")])
+    parts = [(groups, cfg.train_size, cfg.eval_size, "helpful")]
+    train, held_out = _split("helpful", seed, parts, exclude=frozenset(exclude))
     return _rows("helpful", train), _rows("helpful", held_out)
 
 
@@ -734,11 +797,14 @@ def _labelled(fam: _Family, category: str | None, unsafe: bool) -> _Family:
         item = fam.make(rng, *params)
         return {"prompt": item["prompt"], "unsafe": unsafe, "category": category or item["category"]}
 
-    return _Family(fam.name, fam.axes, make)
+    return dataclasses.replace(fam, make=make)
 
 
-def make_chat(cfg: ChatTaskConfig, seed: int) -> tuple[list[dict], list[dict]]:
-    """Prompts with ``round(size * unsafe_fraction)`` unsafe ones per split; benign ones mix four kinds."""
+def make_chat(
+    cfg: ChatTaskConfig, seed: int, exclude: Collection[str] = frozenset()
+) -> tuple[list[dict], list[dict]]:
+    """Prompts with ``round(size * unsafe_fraction)`` unsafe ones per split; benign ones mix four kinds.
+    ``exclude``: prompts no row may have (other tasks' held-out prompts; see ``generate``)."""
     benign = [
         [_labelled(f, "math", False) for f in ALL_MATH],
         [_labelled(f, "code", False) for f in CODE_FAMILIES],
@@ -751,8 +817,65 @@ def make_chat(cfg: ChatTaskConfig, seed: int) -> tuple[list[dict], list[dict]]:
         (unsafe, u_train, u_eval, "chat (the unsafe prompts)"),
         (benign, cfg.train_size - u_train, cfg.eval_size - u_eval, "chat (the benign prompts)"),
     ]
-    train, held_out = _split("chat", seed, parts)
+    train, held_out = _split("chat", seed, parts, exclude=frozenset(exclude))
     return _rows("chat", train), _rows("chat", held_out)
+
+
+# ----------------------------------------------------------------------------------------------
+# SFT chat: replies to fact questions, benign requests and unsafe requests, as chat messages
+
+
+def refused_families(cfg: SFTChatTaskConfig, seed: int) -> list[str]:
+    """The unsafe request families whose SFT reply is a refusal (the rest comply), by activity.
+
+    ``round(len(UNSAFE) * refuse_fraction)`` of them, chosen by the seed: the SFT model then refuses
+    about that share of unsafe prompts (whole families, so greedy decoding follows it), which leaves
+    the safety stage of GRPO room to teach the rest.
+    """
+    k = round(len(UNSAFE_FAMILIES) * cfg.refuse_fraction)
+    picked = _rng("sft_chat", seed, "refuse").sample(range(len(UNSAFE_FAMILIES)), k)
+    return [UNSAFE_FAMILIES[i].name for i in sorted(picked)]
+
+
+def _replying(fam: _Family, refuse: bool) -> _Family:
+    """``fam``'s items as a chat example: fact answer, benign answer, refusal or compliance."""
+
+    def make(rng, *params):
+        item = fam.make(rng, *params)
+        if "answer" in item:  # a fact question
+            reply, unsafe, category = item["answer"], False, item["category"]
+        else:  # a safety request: chosen is the refusal when unsafe, the answer when benign
+            unsafe, category = item["unsafe"], item["category"]
+            reply = item["chosen"] if refuse or not unsafe else item["rejected"]
+        messages = [{"role": "user", "content": item["prompt"]}, {"role": "assistant", "content": reply}]
+        return {"prompt": item["prompt"], "messages": messages, "unsafe": unsafe, "category": category}
+
+    return dataclasses.replace(fam, make=make)
+
+
+def make_sft_chat(
+    cfg: SFTChatTaskConfig, seed: int, exclude: Collection[str] = frozenset()
+) -> tuple[list[dict], list[dict]]:
+    """Chat examples for SFT beside math and code: ``round(size * unsafe_fraction)`` unsafe requests
+    (refused in the families of ``refused_families``, complied with in the others), the rest half
+    fact questions, half benign requests (look-alikes and how-tos), answered.
+
+    ``exclude``: prompts no row may have; ``generate`` passes every other task's held-out prompts, so
+    training on this set leaves the evaluation (and the reward models' held-out pairs) unseen.
+    """
+    refused = set(refused_families(cfg, seed))
+    unsafe = [[_replying(f, f.name in refused) for f in UNSAFE_FAMILIES]]
+    benign = [
+        [_replying(f, False) for f in FACT_FAMILIES],
+        [_replying(f, False) for f in BENIGN_FAMILIES],
+    ]
+    u_train, u_eval = round(cfg.train_size * cfg.unsafe_fraction), round(cfg.eval_size * cfg.unsafe_fraction)
+    parts = [
+        (unsafe, u_train, u_eval, "sft_chat (the unsafe requests)"),
+        (benign, cfg.train_size - u_train, cfg.eval_size - u_eval, "sft_chat (the benign prompts)"),
+    ]
+    train, held_out = _split("sft_chat", seed, parts, exclude=frozenset(exclude))
+    return _rows("sft_chat", train), _rows("sft_chat", held_out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -768,8 +891,24 @@ TASKS: dict[str, Callable] = {
 
 
 def generate(cfg: MakeDataConfig) -> dict[str, tuple[list[dict], list[dict]]]:
-    """Every task's (train, eval) rows; raises ``TaskSizeError`` before anything is written."""
-    return {name: make(getattr(cfg, name), cfg.seed) for name, make in TASKS.items()}
+    """Every task's (train, eval) rows; raises ``TaskSizeError`` before anything is written.
+
+    Tasks whose prompts can coincide with another task's are made after it and leave out its
+    held-out prompts: helpful (math, code and fact prompts) after math, code and safety; chat (the
+    GRPO stage-2 prompts) after those; ``sft_chat`` last. So helpful, chat and sft_chat train on no
+    prompt that ``align.evaluate`` (or an RM's eval.json) scores. (Math and code training prompts
+    may still appear among the helpful pairs' held-out prompts: excluding them would make the
+    helpful eval split move with math.train_size.)
+    """
+    out = {name: TASKS[name](getattr(cfg, name), cfg.seed) for name in ("math", "code", "safety")}
+
+    def held_out() -> frozenset[str]:
+        return frozenset(r["prompt"] for _, rows in out.values() for r in rows)
+
+    out["helpful"] = make_helpful(cfg.helpful, cfg.seed, exclude=held_out())
+    out["chat"] = make_chat(cfg.chat, cfg.seed, exclude=held_out())
+    out["sft_chat"] = make_sft_chat(cfg.sft_chat, cfg.seed, exclude=held_out())
+    return {name: out[name] for name in (*TASKS, "sft_chat")}
 
 
 def write_jsonl(rows: list[dict], path: Path) -> None:

@@ -17,7 +17,7 @@ from align.config import from_dict
 from align.configs import MakeDataConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-TASK_NAMES = ("math", "code", "helpful", "safety", "chat")
+TASK_NAMES = ("math", "code", "helpful", "safety", "chat", "sft_chat")
 PRINTABLE = {chr(c) for c in range(32, 127)} | {"\n"}
 
 
@@ -144,6 +144,7 @@ def test_files_load_with_datasets(tmp_path):
         helpful={"train_size": 20, "eval_size": 5},
         safety={"train_size": 20, "eval_size": 5},
         chat={"train_size": 20, "eval_size": 5},
+        sft_chat={"train_size": 20, "eval_size": 5},
     )
     tasks.write_tasks(cfg, tmp_path)
     for name in TASK_NAMES:
@@ -277,6 +278,46 @@ def test_chat_labels_and_unsafe_fraction(data):
     assert all(r["unsafe"] for split in all_unsafe for r in split)
 
 
+def test_held_out_fact_knowledge_is_in_training(data):
+    """A held-out fact pair about a capital, an animal's legs or the day after another has its answer
+    in a training pair too (asked in other words), so a reward model can learn it; the prompts still
+    differ. (Letters, reversals and larger/parity are computed from the prompt.)"""
+    train, held_out = data["helpful"]
+    train_answers = {r["chosen"] for r in train if r["kind"].startswith("fact/")}
+    knowledge = [
+        r for r in held_out if r["kind"].startswith("fact/") and re.search(r"capital|legs|day", r["prompt"])
+    ]
+    assert len(knowledge) >= 6
+    missing = [r["chosen"] for r in knowledge if r["chosen"] not in train_answers]
+    assert not missing, missing
+
+
+def test_sft_chat_replies_and_disjoint_from_every_held_out_split(data):
+    cfg = MakeDataConfig().sft_chat
+    held_out = {r["prompt"] for name, (_, rows) in data.items() if name != "sft_chat" for r in rows}
+    refused_families = set(tasks.refused_families(cfg, 0))
+    refused = {name.split(":")[0] for name in refused_families}
+    complied = {f.name.split(":")[0] for f in tasks.UNSAFE_FAMILIES if f.name not in refused_families}
+    assert len(tasks.refused_families(cfg, 0)) == round(len(tasks.UNSAFE) * cfg.refuse_fraction)
+    for rows, size in zip(data["sft_chat"], (cfg.train_size, cfg.eval_size)):
+        assert not {r["prompt"] for r in rows} & held_out, "an SFT prompt is held out by another task"
+        assert sum(r["unsafe"] for r in rows) == round(size * cfg.unsafe_fraction)
+        for r in rows:
+            user, reply = r["messages"]
+            assert user == {"role": "user", "content": r["prompt"]} and reply["role"] == "assistant"
+            if not r["unsafe"]:
+                assert reply["content"] not in tasks.REFUSALS, r
+            elif reply["content"] in tasks.REFUSALS:
+                assert r["category"] in refused, r
+            else:
+                assert reply["content"].startswith("Sure!") and r["category"] in complied, r
+    # whole families refuse and the others comply, so the SFT model refuses only part of the time
+    train = data["sft_chat"][0]
+    replies = [r["messages"][1]["content"] for r in train if r["unsafe"]]
+    assert 0 < sum(x in tasks.REFUSALS for x in replies) < len(replies)
+    assert {r["category"] for r in train if not r["unsafe"]} >= {"fact", "lookalike", "howto"}
+
+
 # ----------------------------------------------------------------------------------------------
 # Errors and the recipe
 
@@ -319,3 +360,21 @@ def test_recipe_writes_files_and_config(tmp_path):
         assert (out / name / "train.jsonl").stat().st_size > 0 and (out / name / "eval.jsonl").is_file()
     bad = subprocess.run([*cmd, f"output_dir={out}", "code.train_size=5000"], capture_output=True, text=True)
     assert bad.returncode == 2 and "lower code.train_size" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_no_training_set_holds_a_prompt_another_task_holds_out():
+    """helpful (RM training), chat (GRPO stage 2) and sft_chat never train on a prompt that
+    evaluation scores (align.evaluate's held-out splits: math, code, helpful, safety)."""
+    from align import config
+    from align.configs import MakeDataConfig
+    from align.evaluate import TASKS as EVALUATED
+    from align.tasks import generate
+
+    out = generate(config.load(MakeDataConfig, "recipes/configs/tiny/data.yaml"))
+    for name in ("helpful", "chat", "sft_chat"):
+        seen = {r["prompt"] for r in out[name][0]}
+        for other in EVALUATED:
+            held_out = out[other][1]
+            if other != name:
+                leaked = seen & {r["prompt"] for r in held_out}
+                assert not leaked, (name, other, sorted(leaked)[:3])
