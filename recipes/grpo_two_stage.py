@@ -31,7 +31,7 @@ from align import config  # noqa: E402
 from align.configs import GRPORecipeConfig  # noqa: E402
 
 # Sections that may change between a run and its resumption (where and how it runs, not what).
-RESUMABLE_CHANGES = ("checkpoint", "ray", "eval", "report", "rollout", "hybrid_engine")
+RESUMABLE_CHANGES = ("checkpoint", "ray", "eval", "report", "rollout", "hybrid_engine", "sandbox")
 
 
 def fingerprint(cfg: GRPORecipeConfig) -> dict:

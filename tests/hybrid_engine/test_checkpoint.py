@@ -103,7 +103,11 @@ def test_resuming_with_a_changed_config_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "different config" in err and "stages" in err and "checkpoint.resume=never" in err
     # where and how it runs may change: the fingerprint ignores those sections
-    moved = config.load(GRPORecipeConfig, yaml_path, [f"output_dir={tmp_path}/x", "rollout.num_workers=2"])
+    moved = config.load(
+        GRPORecipeConfig,
+        yaml_path,
+        [f"output_dir={tmp_path}/x", "rollout.num_workers=2", "sandbox.mode=userns"],
+    )
     assert recipe.fingerprint(moved) == recipe.fingerprint(cfg)
 
 
