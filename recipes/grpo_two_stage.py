@@ -19,6 +19,7 @@ between stages. Writes <output_dir>/config.yaml, metrics.jsonl, tb/, checkpoints
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -40,8 +41,15 @@ def fingerprint(cfg: GRPORecipeConfig) -> dict:
     return {k: v for k, v in data.items() if k not in RESUMABLE_CHANGES and k != "output_dir"}
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (``kill``, ``ray job stop``) unwinds like Ctrl-C: the ``finally`` below stops the
+    actors and Ray's exit hook stops the local cluster, leaving no orphaned Ray processes."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = config.parse_args(GRPORecipeConfig, argv, description=__doc__)
+    signal.signal(signal.SIGTERM, _terminate)
 
     # Heavy imports after parsing, so --help and config errors answer at once.
     from tqdm import tqdm
@@ -76,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     driver = GRPODriver(cfg)
     try:
         setup = driver.start()
+        signal.signal(signal.SIGTERM, _terminate)  # again: ray.init installs its own (which aborts)
         print("grpo: workers up " + " ".join(f"{k} {v:.1f}" for k, v in setup.items()), flush=True)
         if resumed is not None:
             driver.load_checkpoint(resume_dir)

@@ -345,6 +345,36 @@ def test_lora_grpo_trains_only_the_adapters_and_the_engine_gets_merged_weights(i
     assert changed and all(n.split(".")[-2] in targets for n in changed), sorted(changed)
 
 
+def test_sigterm_stops_the_run_and_leaves_no_ray_process_behind(inputs, tmp_path):
+    import psutil
+
+    proc = _start(write_config(inputs, tmp_path / "run", tmp_path / "run.yaml"))
+    try:
+        _read_until(proc, "step 1 [reasoning]")
+        assert _actor_pids(proc.pid, "TrainerWorker")
+        os.kill(proc.pid, signal.SIGTERM)  # the driver only, as `kill PID` does
+        proc.stdout.read()
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 60
+        while True:
+            left = []
+            for p in psutil.process_iter(["pid", "cmdline"]):
+                try:
+                    if os.getsid(p.pid) == proc.pid:
+                        left.append(" ".join(p.info["cmdline"] or [])[:80])
+                except (ProcessLookupError, psutil.Error):
+                    continue
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert not left, left
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 FAULTY = Path(__file__).with_name("_faulty_rewards.py")
 
 
