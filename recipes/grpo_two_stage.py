@@ -41,6 +41,22 @@ def fingerprint(cfg: GRPORecipeConfig) -> dict:
     return {k: v for k, v in data.items() if k not in RESUMABLE_CHANGES and k != "output_dir"}
 
 
+def start_fresh(out: Path) -> list[str]:
+    """A run that does not resume owns ``out`` anew: earlier evaluations (which would otherwise be
+    taken as this run's) are removed, and earlier checkpoints are set aside, not deleted, so that
+    none of them is mistaken for this run's. Returns what it did, for the console."""
+    done = []
+    for old in sorted((out / "eval").glob("*.json")):
+        old.unlink()
+        done.append(f"removed the earlier {old}")
+    ckpts = out / "checkpoints"
+    if ckpts.is_dir() and any(ckpts.iterdir()):
+        aside = out / f"checkpoints.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        ckpts.rename(aside)
+        done.append(f"moved the earlier checkpoints to {aside}")
+    return done
+
+
 def _terminate(signum: int, frame: object) -> None:
     """SIGTERM (``kill``, ``ray job stop``) unwinds like Ctrl-C: the ``finally`` below stops the
     actors and Ray's exit hook stops the local cluster, leaving no orphaned Ray processes."""
@@ -75,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if resumed is None:
+        for line in start_fresh(out):
+            print(f"grpo: {line}")
     config.save(cfg, out / "config.yaml")
     if resumed is not None:
         truncate_metrics(out, resumed["step"])

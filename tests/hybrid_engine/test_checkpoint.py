@@ -144,3 +144,17 @@ def test_the_sandbox_section_configures_the_code_reward_runner():
         assert sandbox._settings.allow_unsafe is False and sandbox._settings.mode == "auto"
     finally:
         sandbox.configure(allow_unsafe=False, mode="auto")
+
+
+def test_a_fresh_run_drops_earlier_evaluations_and_sets_earlier_checkpoints_aside(tmp_path):
+    from recipes.grpo_two_stage import start_fresh
+
+    assert start_fresh(tmp_path) == []  # an empty or new output_dir: nothing to do
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "sft.json").write_text("{}")
+    checkpoint.save(tmp_path / "checkpoints", 30, _writer("old"), {"step": 30}, keep=2)
+    done = start_fresh(tmp_path)
+    assert len(done) == 2 and not (tmp_path / "eval" / "sft.json").exists()
+    assert checkpoint.latest(tmp_path / "checkpoints") is None
+    (aside,) = tmp_path.glob("checkpoints.old-*")
+    assert (aside / "step_000030" / "policy.bin").read_text() == "old"  # kept, not deleted
