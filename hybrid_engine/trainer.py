@@ -462,21 +462,32 @@ class TrainerWorker:
             self.offload()
 
     def reset_reference(self) -> None:
-        """Make the KL reference a copy of the current policy (a stage with ``reset_reference``).
-        Both are sharded alike, so each rank copies its own shards."""
+        """Make the KL reference a copy of the current policy (a stage with ``reset_reference``):
+        each policy tensor is gathered whole, then each rank keeps its shard of it in the reference.
+        Collective (every rank walks the parameters in the same order)."""
         import torch
+        from torch.distributed.tensor import distribute_tensor
 
         if self.ref is None:
             raise RuntimeError(
                 "reset_reference needs a separate reference model: a stage with beta > 0 and no LoRA "
                 "(with LoRA the reference is the base model with the adapter disabled)"
             )
-        policy = dict(self.model.named_parameters())
+        was_offloaded = self.offloaded
+        self.reload()
+        ref = dict(self.ref.named_parameters())
         with torch.no_grad():
-            for name, ref_param in self.ref.named_parameters():
-                src = policy[name]
-                dst = ref_param.to_local() if hasattr(ref_param, "to_local") else ref_param
-                dst.copy_((src.to_local() if hasattr(src, "to_local") else src).to(dst.device))
+            for name, param in self.model.named_parameters():
+                whole = param.full_tensor() if hasattr(param, "full_tensor") else param
+                dst = ref[name]
+                if hasattr(dst, "to_local"):
+                    mesh = dst.device_mesh
+                    shard = distribute_tensor(whole.to(mesh.device_type), mesh, dst.placements)
+                    dst.to_local().copy_(shard.to_local())
+                else:
+                    dst.copy_(whole.to(dst.device))
+        if was_offloaded:
+            self.offload()
         self.ref_reset = True
 
     # Offload schedule ---------------------------------------------------------------------------

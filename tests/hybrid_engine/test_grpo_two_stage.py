@@ -74,6 +74,7 @@ def write_config(inputs: dict[str, Path], out: Path, path: Path) -> Path:
     s2["data"]["train"] = [str(data / "chat/train.jsonl")]
     s2["rewards"]["helpful"]["spec"] = s2["rewards"]["safety"]["spec"] = str(inputs["rm"])
     s2["steps"] = STAGE2_STEPS
+    s2["reset_reference"] = True  # the KL reference restarts from stage 1's policy (and is checkpointed)
     cfg["checkpoint"].update(every_steps=2, keep=2)
     cfg["eval"].update(
         data_dir=str(data), helpful_rm=str(inputs["rm"]), safety_rm=str(inputs["rm"]), limit=2, max_tokens=24
@@ -115,6 +116,8 @@ def check_finished_run(out: Path) -> None:
     assert any("reward/math/mean" in r for r in stage1) and any("reward/code/mean" in r for r in stage1)
     assert all(f"reward/{k}/mean" in r for r in stage2 for k in ("helpful", "safety", "rule"))
     assert not any(f"reward/{k}/mean" in r for r in stage2 for k in ("math", "code"))
+    # reset_reference: stage 2's KL restarts from its own start (stage 1 had moved away from the first)
+    assert stage1[-1]["train/kl"] > 1e-5 and abs(stage2[0]["train/kl"]) < 1e-6, (stage1[-1], stage2[0])
     keys = {"math_acc", "code_pass", "helpful_rm", "safety_rm", "unsafe_refusal_rate", "benign_refusal_rate"}
     for label in ("sft", "stage1", "stage2"):
         assert keys <= set(json.loads((out / "eval" / f"{label}.json").read_text()))
