@@ -36,16 +36,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from align.evaluate import METRIC_KEYS
+
 log = logging.getLogger(__name__)
 
-EVAL_KEYS = (
-    "math_acc",
-    "code_pass",
-    "helpful_rm",
-    "safety_rm",
-    "unsafe_refusal_rate",
-    "benign_refusal_rate",
-)
+EVAL_KEYS = METRIC_KEYS  # what align.evaluate writes to eval/<label>.json
 RATE_KEYS = ("math_acc", "code_pass", "unsafe_refusal_rate", "benign_refusal_rate")  # in [0, 1]
 RM_KEYS = ("helpful_rm", "safety_rm")  # reward-model scores, unbounded
 RESERVED = ("training", "plots", "skipped_plots")  # summary.json keys that are not eval labels

@@ -158,25 +158,12 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(
 ):
     out = tmp_path / "killed"
     cfg = write_config(inputs, out, tmp_path / "run.yaml")
-    killed = subprocess.Popen(
-        [sys.executable, str(RECIPE), "--config", str(cfg)],
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    seen = []
+    killed = _start(cfg)
     try:
-        for line in killed.stdout:
-            seen.append(line)
-            if line.startswith(kill_after):
-                break
+        _read_until(killed, kill_after)
     finally:
         os.killpg(killed.pid, signal.SIGKILL)  # the driver and everything it started
         killed.wait(timeout=60)
-    assert any(line.startswith(kill_after) for line in seen), "".join(seen[-50:])
     assert (out / "checkpoints" / "LATEST").read_text().strip() == latest, where
     step = int(latest.removeprefix("step_"))
 
