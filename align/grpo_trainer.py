@@ -131,6 +131,9 @@ def completion_logprobs(
     if packed.attention_mask_RL is not None:
         kwargs["attention_mask"] = packed.attention_mask_RL.to(device)
     logits_RLV = model(input_ids=packed.input_ids_RL.to(device), **kwargs).logits
+    # Where the logits are, not where the parameters rest: a reference under FSDP2's CPU offload
+    # keeps its parameters on the CPU and computes on the GPU.
+    device = logits_RLV.device
     logits_MV = logits_RLV[packed.row_M.to(device), packed.pos_M.to(device)].float()
     if temperature > 0 and temperature != 1.0:
         logits_MV = logits_MV / temperature

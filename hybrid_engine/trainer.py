@@ -54,6 +54,28 @@ def shard_model(model: torch.nn.Module, **fsdp_kwargs: Any) -> torch.nn.Module:
     return model
 
 
+def live_cuda_blocks(top: int = 8) -> list[dict]:
+    """The largest allocated blocks on the GPU now, with the Python frames that allocated them
+    (frames only after ``torch.cuda.memory._record_memory_history()``): what an offload left."""
+    import torch
+
+    blocks = [
+        b for seg in torch.cuda.memory_snapshot() for b in seg["blocks"] if b["state"] == "active_allocated"
+    ]
+    blocks.sort(key=lambda b: -b["size"])
+    out = []
+    for b in blocks[:top]:
+        frames = [
+            f"{f['filename']}:{f['line']} {f['name']}"
+            for f in b.get("frames", [])
+            if f.get("filename", "").endswith(".py")
+        ]
+        # The innermost frames, then the first few outside site-packages (the caller here).
+        ours = [f for f in frames if "site-packages" not in f and "/torch/" not in f]
+        out.append({"bytes": b["size"], "frames": frames[:3] + ours[:4]})
+    return out
+
+
 def _optimizer_to(optimizer: torch.optim.Optimizer, device: Any) -> None:
     for state in optimizer.state.values():
         for key, value in state.items():
@@ -232,6 +254,11 @@ class TrainerWorker:
             for idx in self._micro_batches(batch):
                 logp_BT, _, _ = self._logprobs(model, batch.select(idx))
                 out[idx, : logp_BT.shape[1]] = logp_BT.float().cpu()
+        # FSDP2 leaves the root's parameters unsharded after a forward (it expects a backward):
+        # with no backward here they would sit on the device (the CPU-offloaded reference's
+        # embeddings and head through the rollout, measured on an H200).
+        if hasattr(model, "reshard"):
+            model.reshard()
         return out
 
     # Update -------------------------------------------------------------------------------------
@@ -499,9 +526,14 @@ class TrainerWorker:
         if self.device.type != "cuda" or self.offloaded:
             return 0.0
         start = time.perf_counter()
+        self.model.reshard()  # no unsharded (all-gathered) parameters left behind on the device
         self.model.to("cpu")  # FSDP2 moves the sharded parameters (and any grads) with the module
         _optimizer_to(self.optimizer, "cpu")
         torch.cuda.synchronize()
+        # cuBLAS/cuBLASLt workspaces (tens of MiB on Hopper) live in the caching allocator and
+        # would otherwise stay on the device through the rollout; they are re-made on first use.
+        if hasattr(torch._C, "_cuda_clearCublasWorkspaces"):
+            torch._C._cuda_clearCublasWorkspaces()
         torch.cuda.empty_cache()
         self.offloaded = True
         return time.perf_counter() - start

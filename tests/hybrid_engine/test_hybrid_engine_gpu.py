@@ -4,6 +4,7 @@ Skipped without CUDA (tests/conftest.py)."""
 
 from __future__ import annotations
 
+import gc
 import socket
 
 import pytest
@@ -29,27 +30,37 @@ def _batch(seed: int) -> GRPOBatch:
     return GRPOBatch.build(prompts, completions, torch.randn(8, generator=g))
 
 
+def _with_ref(worker, batch: GRPOBatch) -> GRPOBatch:
+    """The reference's log-probs, as GRPO with ``beta > 0`` computes them before each update (the
+    reference sits on CPU under FSDP2 offload and computes on the GPU)."""
+    batch.ref_logp_BT = worker.compute_logprobs(batch, "ref")
+    return batch
+
+
 def _trained_state(model_dir, offload_between: bool) -> tuple[dict, dict]:
-    """Two updates on one NCCL rank, optionally offloading everything to CPU between them."""
-    from hybrid_engine.trainer import TrainerWorker
+    """Two updates (KL to the reference included) on one NCCL rank, optionally offloading everything to CPU between them."""
+    from hybrid_engine.trainer import TrainerWorker, live_cuda_blocks
+
+    torch.cuda.memory._record_memory_history(max_entries=100_000)
 
     worker = TrainerWorker(
         0,
         1,
         ModelConfig(path=str(model_dir)),
         TrainerConfig(lr=1e-3, micro_batch_size=3, threads=0),
-        GRPOConfig(beta=0.0),
+        GRPOConfig(beta=0.04),
         total_steps=4,
     )
     worker.setup("127.0.0.1", _free_port())
     try:
-        worker.update(_batch(0))
+        worker.update(_with_ref(worker, _batch(0)))
         memory = {"before": worker.memory()}
         if offload_between:
             worker.offload()
             memory["offloaded"] = worker.memory()
+            memory["live_blocks"] = live_cuda_blocks()
             worker.reload()
-        worker.update(_batch(1))
+        worker.update(_with_ref(worker, _batch(1)))
         state = worker.full_state_dict()
         opt = {
             k: v.to_local().cpu().clone()
@@ -60,16 +71,20 @@ def _trained_state(model_dir, offload_between: bool) -> tuple[dict, dict]:
         return {**state, **{f"opt/{k}": v for k, v in opt.items()}}, memory
     finally:
         worker.shutdown()
+        del worker
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def test_offload_frees_device_memory_and_training_resumes_bit_for_bit(tmp_path):
     from align.models import make_tiny_model
 
     model_dir = make_tiny_model("deepseek_v2", "tiny", tmp_path / "tiny")
-    plain, _ = _trained_state(model_dir, offload_between=False)
+    # The offloaded run first, while nothing else of this process is on the device.
     offloaded, memory = _trained_state(model_dir, offload_between=True)
+    plain, _ = _trained_state(model_dir, offload_between=False)
     assert memory["offloaded"]["trainer_allocated_gib"] < memory["before"]["trainer_allocated_gib"]
-    assert memory["offloaded"]["trainer_allocated_gib"] < 1e-3
+    assert memory["offloaded"]["trainer_allocated_gib"] < 1e-3, memory
     assert plain.keys() == offloaded.keys()
     for name in plain:
         assert torch.equal(plain[name], offloaded[name]), name
