@@ -14,16 +14,24 @@ program's memory, source, argv or environment, only in a kernel pipe buffer. Exi
 the assert, printing "PASS", patching ``AssertionError`` (the ``assert`` statement raises the real
 one), ``exec`` or ``os.write``, exit hooks or a trace function all leave fd 4 without the nonce.
 
+Three generic tricks are closed in the program itself: the harness deletes ``main.py`` before the
+solution runs (else it could re-run its own source with the asserts stripped: ``compile(...,
+optimize=1)``, ``python -O``, or a regex), it switches tracing off with ``sys.settrace`` taken before
+the solution runs (else patching ``sys.settrace`` keeps an assert-skipping tracer alive), and an
+``a == b`` inside an ``assert`` is checked by a strict comparison defined before the solution: a value
+that claims to equal an unrelated object (an ``__eq__`` that always says True), also inside lists,
+tuples and dicts, equals nothing.
+
 Limits of this, stated plainly: no check made inside the process that runs the solution can be sound
 against code written *to defeat this harness* -- it could read fd 3 and write fd 4 itself, or rebind
 the harness's names. That takes knowledge of the harness, which the policy never sees, and each
-test's separate process keeps one such trick from covering other tests. Semantic
-tricks (a return value whose ``__eq__`` is always True) pass any assert-string test; only tests that
-compare ``repr``/types, or serialised results compared outside the process, close that.
+test's separate process keeps one such trick from covering other tests. Other semantic tricks (an
+object that is truthy for ``assert f(x)``, or equal to any value of the expected type) still pass.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import secrets
@@ -38,18 +46,79 @@ _PYTHON_TAGS = {"python", "py", "python3", "py3", ""}
 
 # The solution and the test are pasted into one module, not exec()'d, so patching builtins such as
 # exec/compile/__import__ cannot stop the test from running; tracing is switched off before the test
-# so a trace function cannot jump over its lines. __name__ is changed so `if __name__ == "__main__"`
-# blocks of the solution do not run.
+# (by a settrace bound before the solution runs) so a trace function cannot jump over its lines.
+# main.py is deleted before the solution runs, so it cannot re-run its own source without the asserts.
+# __name__ is changed so `if __name__ == "__main__"` blocks of the solution do not run.
 _HARNESS = """\
 import os as _align_os, sys as _align_sys
+from sys import settrace as _align_settrace, setprofile as _align_setprofile
+try:
+    _align_os.unlink(__file__)
+except OSError:
+    pass
+{strict_eq}
 __name__ = "__solution__"
 {solution}
-_align_sys.settrace(None)
-_align_sys.setprofile(None)
+_align_settrace(None)
+_align_setprofile(None)
 {test}
 _align_os.write(4, _align_os.read(3, 64))
 _align_os._exit(0)
 """
+
+# `a == b` in a test's assert becomes `_align_eq(a, b)`. Defined before the solution runs, with the
+# builtins it uses bound as defaults, so patching builtins does not change it.
+_STRICT_EQ = """\
+def _align_eq(a, b, _type=type, _isinstance=isinstance, _len=len, _all=all, _zip=zip, _bool=bool,
+              _object=object, _exc=Exception,
+              _plain=(bool, int, float, complex, str, bytes, type(None), list, tuple, dict, set, frozenset)):
+    ta, tb = _type(a), _type(b)
+    if ta is tb and (ta is list or ta is tuple):
+        return _len(a) == _len(b) and _all(_align_eq(x, y) for x, y in _zip(a, b))
+    if ta is tb is dict:
+        return a.keys() == b.keys() and _all(_align_eq(a[k], b[k]) for k in a)
+    if ta in _plain and tb in _plain:
+        return a == b
+    for x in (a, b):  # a value of the program's own type: it may not equal an unrelated object
+        if _type(x) not in _plain:
+            try:
+                claims = _bool(x == _object())
+            except _exc:
+                claims = False
+            if claims:
+                return False
+    for p, q in ((a, b), (b, a)):  # a list/tuple/dict subclass: compare its items strictly
+        tp = _type(p)
+        if (tp is list or tp is tuple or tp is dict) and _type(q) not in _plain and _isinstance(q, tp):
+            return _align_eq(p, tp(q))
+    return a == b
+"""
+
+
+class _StrictAssertEq(ast.NodeTransformer):
+    """Rewrites each single ``==`` comparison inside an ``assert`` to ``_align_eq(left, right)``."""
+
+    def visit_Assert(self, node: ast.Assert) -> ast.Assert:
+        node.test = _EqToCall().visit(node.test)
+        return node
+
+
+class _EqToCall(ast.NodeTransformer):
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        self.generic_visit(node)
+        if len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq):
+            call = ast.Call(ast.Name("_align_eq", ast.Load()), [node.left, node.comparators[0]], [])
+            return ast.copy_location(call, node)
+        return node
+
+
+def strict_test(test: str) -> str:
+    """`test` with its asserts' ``==`` made strict (unchanged when it does not parse: it fails anyway)."""
+    try:
+        tree = ast.parse(test)
+    except (SyntaxError, ValueError):
+        return test
+    return ast.unparse(ast.fix_missing_locations(_StrictAssertEq().visit(tree)))
 
 
 def extract_code(text: str) -> str | None:
@@ -62,10 +131,18 @@ def extract_code(text: str) -> str | None:
     return (python[-1].strip() or None) if python else None
 
 
+_FUTURE = re.compile(r"^from __future__ import [^\n]*$", re.MULTILINE)
+
+
 def run_test(solution: str, test: str, *, timeout_s: float, memory_mb: int) -> bool:
     """True when `test` ran to completion after `solution` in its own sandboxed program."""
     nonce = secrets.token_hex(16).encode()
-    program = _HARNESS.format(solution=solution.rstrip("\\ \t\n"), test=test)
+    # `from __future__` imports must open the module: they move above the harness's lines.
+    future = _FUTURE.findall(solution)
+    solution = _FUTURE.sub("", solution)
+    program = "".join(f"{line}\n" for line in future) + _HARNESS.format(
+        strict_eq=_STRICT_EQ, solution=solution.rstrip("\\ \t\n"), test=strict_test(test)
+    )
     res = sandbox.run(program, timeout_s=timeout_s, memory_mb=memory_mb, side_input=nonce)
     return res.returncode == 0 and not res.timed_out and res.side_output == nonce
 

@@ -81,6 +81,22 @@ class Result:
         """Exited with status 0 within its time."""
         return self.returncode == 0 and not self.timed_out and self.error is None
 
+    @property
+    def status(self) -> str:
+        """``ok``; ``timeout`` (past its wall-clock or CPU limit); ``memory`` (ended by a
+        ``MemoryError``: its address-space limit); ``killed`` (ended by another signal); ``error`` (a
+        non-zero exit, or the sandbox failed before the program ran, see ``error``)."""
+        if self.error is not None or self.returncode is None:
+            return "error"
+        if self.timed_out or self.returncode == -signal.SIGXCPU:
+            return "timeout"
+        if self.returncode == 0:
+            return "ok"
+        tail = self.stderr.rstrip().rsplit("\n", 1)[-1]
+        if tail.startswith("MemoryError"):
+            return "memory"
+        return "killed" if self.returncode < 0 else "error"
+
 
 @dataclasses.dataclass
 class _Settings:

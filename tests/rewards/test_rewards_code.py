@@ -90,3 +90,11 @@ def test_exit_status_alone_would_have_been_fooled():
         "import os\nos._exit(0)\nassert False", timeout_s=5, memory_mb=256, side_input=b"n" * 32
     )
     assert res.returncode == 0 and res.side_output == b""
+
+
+def test_future_imports_in_a_solution_still_work(code):
+    """`from __future__` must open a module; the harness's own lines would otherwise come first."""
+    src = (
+        '"""Adds."""\nfrom __future__ import annotations\n\ndef add(a: int, b: int) -> int:\n    return a + b'
+    )
+    assert code(["q"], [fenced(src)], tests=[TESTS[:2]]) == [1.0]

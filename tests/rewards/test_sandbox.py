@@ -212,3 +212,11 @@ def test_user_namespace_mode_passes_its_probe_and_runs(restore_settings):
     sandbox.configure(mode="userns")
     res = run("import os\nprint(os.getuid())")
     assert res.ok and int(res.stdout) != 0
+
+
+def test_status_names_each_outcome():
+    assert run("print(1)").status == "ok"
+    assert run("raise SystemExit(3)").status == "error"
+    assert run("while True: pass", timeout_s=1.0).status == "timeout"
+    assert run("x = bytearray(400 * 1024 * 1024)", memory_mb=128).status == "memory"
+    assert run("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)").status == "killed"
