@@ -26,7 +26,8 @@ Metrics (always present; ``None`` when the task was not asked for or had nothing
 Every reward call is isolated (:func:`rewards.score_isolated`): a sample whose reward raises or
 times out counts as not correct / not scored and is counted in ``<task>_errors``; it never stops the
 evaluation. Counts (``n_math``, ``n_code``, ``n_helpful``, ``n_safety``, ``n_unsafe``, ``n_benign``),
-``mean_completion_len`` (tokens), ``truncated_frac`` and ``eval_seconds`` come with the metrics.
+``mean_completion_len`` (tokens), ``truncated_frac`` and ``eval_seconds`` come with the metrics, and
+``math_acc_by_level`` when the math rows have a ``level`` column.
 
 Nothing heavy (torch, vLLM, datasets) is imported until it is needed, so ``--help`` is instant.
 """
@@ -294,6 +295,12 @@ def evaluate(
         result.update(n_math=len(vals), math_errors=errs)
         for s, v in zip(samples["math"], vals):
             s["math"] = v
+        levels = sorted({r["level"] for r in rows["math"] if r.get("level") is not None}, key=str)
+        if levels:  # the synthetic tasks' difficulty levels (1: one-digit, 2: two-digit, 3: two steps)
+            result["math_acc_by_level"] = {
+                str(lv): _mean([c for r, c in zip(rows["math"], correct) if r.get("level") == lv])
+                for lv in levels
+            }
     if "code" in names:
         vals, errs = _score(scorers["code"], rows["code"], texts["code"], batch_size, timeout)
         result["code_pass"] = _mean([v == 1.0 for v in vals])

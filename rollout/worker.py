@@ -18,6 +18,28 @@ if TYPE_CHECKING:
     import torch
 
 
+def trim_heap() -> bool:
+    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``); False where unavailable.
+
+    Generation allocates and frees many short-lived buffers of varying size; glibc keeps the freed
+    pages, so a CPU engine's resident memory grew by about 1 MB a step over a 300-step GRPO run
+    (``bench/soak.py``) although nothing stayed alive: with a trim after each batch it stays flat.
+    """
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    return bool(_libc) and bool(_libc.malloc_trim(0))
+
+
+_libc: Any = None
+
+
 class RolloutWorker:
     """Owns one rollout engine. Used as a Ray actor (``ray.remote(RolloutWorker)``, which
     :class:`RolloutGroup` does), or as a plain object in the current process.
@@ -58,6 +80,7 @@ class RolloutWorker:
         """Per prompt, ``params.n`` completions."""
         out = self.engine.generate(prompt_token_ids, params)
         self.generated_tokens += sum(len(c.token_ids) for cs in out for c in cs)
+        trim_heap()
         return out
 
     def warmup(self) -> float:
