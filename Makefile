@@ -34,6 +34,16 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Benchmarks (not part of `make test`): each writes JSON under bench/results/ and compares against a
+# peer measured in the same run. Hours on 2 cores; docs/benchmarks.md has the figures and caveats.
+bench: install
+	$(BIN)/python bench/rewards_throughput.py --json bench/results/rewards_throughput.json
+	$(BIN)/python bench/rollout_throughput.py --json bench/results/rollout_throughput.json
+	$(BIN)/python bench/scaling.py --json bench/results/scaling.json
+	$(BIN)/python bench/grpo_vs_trl.py --json bench/results/grpo_vs_trl.json
+	$(BIN)/python bench/soak.py --json bench/results/soak.json
+	$(BIN)/python bench/trainer_offload.py --json bench/results/trainer_offload.json
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

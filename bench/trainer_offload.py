@@ -175,7 +175,7 @@ def worker(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="bench/results/trainer_offload.json")
+    p.add_argument("--json", "--out", dest="out", default="bench/results/trainer_offload.json")
     p.add_argument("--work", default="out/bench/trainer_offload")
     p.add_argument("--sizes", default="tiny,small,medium")
     p.add_argument("--devices", default="cuda,cpu", help="cuda, cpu or both; cuda is skipped without one")
