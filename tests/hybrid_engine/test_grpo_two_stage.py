@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -165,26 +166,62 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(
         os.killpg(killed.pid, signal.SIGKILL)  # the driver and everything it started
         killed.wait(timeout=60)
     assert (out / "checkpoints" / "LATEST").read_text().strip() == latest, where
-    step = int(latest.removeprefix("step_"))
+    _resume_and_compare(cfg, out, uninterrupted, latest)
 
+
+def test_sigkill_at_a_random_moment_and_resume_matches_an_uninterrupted_run(inputs, uninterrupted, tmp_path):
+    """The kill lands at a random step and a random moment inside it (generation, update, weight
+    sync, evaluation or a checkpoint write). ALIGN_KILL_SEED=N replays a failure's draw."""
+    seed = int(os.environ.get("ALIGN_KILL_SEED") or random.SystemRandom().randrange(2**31))
+    rng = random.Random(seed)
+    step = rng.randint(1, STAGE1_STEPS + STAGE2_STEPS - 1)
+    stage = "reasoning" if step <= STAGE1_STEPS else "preference"
+    delay = rng.uniform(0.0, 1.5)
+    where = f"ALIGN_KILL_SEED={seed}: killed {delay:.2f} s after step {step} [{stage}]"
+    print(where)
+    out = tmp_path / "killed"
+    cfg = write_config(inputs, out, tmp_path / "run.yaml")
+    killed = _start(cfg)
+    try:
+        _read_until(killed, f"step {step} [{stage}]")
+        time.sleep(delay)
+        assert killed.poll() is None, f"{where}: the run ended before the kill"
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=60)
+    _resume_and_compare(cfg, out, uninterrupted, checkpoint_latest(out / "checkpoints"), where)
+
+
+def _resume_and_compare(
+    cfg: Path, out: Path, uninterrupted: Path, latest: str | None, where: str = ""
+) -> None:
+    """Run ``cfg`` again after a kill: it resumes from ``latest`` (or starts over when no checkpoint
+    was published) and ends with the uninterrupted run's per-step figures and final weights."""
     proc = run_recipe(cfg)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    assert f"grpo: resuming from {out / 'checkpoints' / latest} (step {step}," in proc.stdout
+    assert proc.returncode == 0, where + proc.stdout[-3000:] + proc.stderr[-5000:]
+    if latest is None:
+        assert "grpo: resuming" not in proc.stdout, where
+        step = 0
+    else:
+        step = int(latest.removeprefix("step_"))
+        assert f"grpo: resuming from {out / 'checkpoints' / latest} (step {step}," in proc.stdout, where
     check_finished_run(out)
     ref, got = records(uninterrupted), records(out)
-    assert [r["data_indices"] for r in got] == [r["data_indices"] for r in ref]
-    assert [r["train/lr"] for r in got] == [r["train/lr"] for r in ref]
+    assert [r["data_indices"] for r in got] == [r["data_indices"] for r in ref], where
+    assert [r["train/lr"] for r in got] == [r["train/lr"] for r in ref], where
     # Fixed seeds: sampling is seeded per step, and weights, AdamW moments and the schedule are
     # restored exactly, so the resumed run samples, scores and updates as the uninterrupted one.
-    assert any(r["train/grad_norm"] > 0 for r in ref[:step]), "the steps before the kill must train"
+    assert step == 0 or any(r["train/grad_norm"] > 0 for r in ref[:step]), (
+        "the steps before the kill must train"
+    )
     for key in ("reward/mean", "completion/length_mean", "train/grad_norm", "train/kl"):
-        assert [g[key] for g in got] == [r[key] for r in ref], key
+        assert [g[key] for g in got] == [r[key] for r in ref], f"{where} {key}"
 
     from transformers import AutoModelForCausalLM
 
     want = AutoModelForCausalLM.from_pretrained(uninterrupted / "final").state_dict()
     have = AutoModelForCausalLM.from_pretrained(out / "final").state_dict()
-    assert all(torch_equal(want[k], have[k]) for k in want)
+    assert all(torch_equal(want[k], have[k]) for k in want), where
 
 
 def test_sigkill_during_a_checkpoint_write_never_loads_the_half_written_one(inputs, uninterrupted, tmp_path):
