@@ -129,6 +129,7 @@ def test_math_accuracy_counts_boxed_answers(tokenizer, data_dir):
     engine = ScriptedEngine(tokenizer, ALL_ANSWERS)
     res = ev.evaluate(engine, tokenizer, tasks="math", data_dir=data_dir, max_tokens=32, progress=False)
     assert res["math_acc"] == pytest.approx(0.75)
+    assert res["math_acc_by_level"] == {"1": pytest.approx(2 / 3), "2": 1.0}  # 9+9=19 is level 1
     assert (res["n_math"], res["math_errors"]) == (4, 0)
     for key in ev.METRIC_KEYS:
         assert key in res
