@@ -218,3 +218,26 @@ def median(xs: list[float]) -> float | None:
         return None
     mid = len(xs) // 2
     return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def tiny_grpo_config(run_dir: str | Path, work: Path, preset: str = "tiny", overrides: list[str] = ()):
+    """The one-stage GRPO config of ``recipes/configs/tiny/grpo_single.yaml`` on the benchmarks'
+    cached SFT'd ``preset`` and level-1 math data (as ``bench/grpo_vs_trl.py`` builds them), writing
+    to ``run_dir``, with ``overrides`` (``key=value``) applied last."""
+    from align import config
+    from align.configs import GRPORecipeConfig
+
+    model = sft_model(work / f"sft-deepseek_v2-{preset}-300", preset=preset, steps=300)
+    data = write_math_rl(work / "data/math_l1.jsonl")
+    root = Path(__file__).resolve().parents[1]
+    return config.load(
+        GRPORecipeConfig,
+        root / "recipes/configs/tiny/grpo_single.yaml",
+        [
+            f"output_dir={run_dir}",
+            f"model.path={model}",
+            f"stages.0.data.train=[{data}]",
+            "report=false",
+            *overrides,
+        ],
+    )

@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -131,8 +132,9 @@ def run_ours(args: argparse.Namespace) -> dict:
 # TRL -----------------------------------------------------------------------------------------------
 
 
-def run_trl(args: argparse.Namespace) -> dict:
-    """One run of TRL's GRPOTrainer, in this process."""
+def run_trl(args: argparse.Namespace, callbacks: Sequence[Callable] = ()) -> dict:
+    """One run of TRL's GRPOTrainer, in this process. ``callbacks``: functions of the trainer that
+    return more ``TrainerCallback``s (``bench/time_to_accuracy.py`` evaluates and stops through one)."""
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -244,6 +246,8 @@ def run_trl(args: argparse.Namespace) -> dict:
                     rec["logs"].append({k: v for k, v in logs.items() if isinstance(v, (int, float))})
 
         trainer.add_callback(Timer())
+        for make in callbacks:
+            trainer.add_callback(make(trainer))
         trainer.train()
     rec.update(setup_s=setup_s, rewards=acc["reward"], kl=[x.get("kl") for x in rec["logs"]])
     rec["mode"] = "vllm-colocate" if use_vllm else "transformers-generate"

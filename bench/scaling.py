@@ -30,9 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import machine, sft_model, write_math_rl  # noqa: E402
-
-BASE_CONFIG = ROOT / "recipes/configs/tiny/grpo_single.yaml"
+from bench._common import machine, tiny_grpo_config  # noqa: E402
 
 
 def settings(group_sizes: list[int], prompts: list[int], base_g: int, base_p: int) -> list[tuple[int, int]]:
@@ -65,31 +63,19 @@ def main() -> None:
 
     import ray
 
-    from align import config
-    from align.configs import GRPORecipeConfig
     from hybrid_engine.driver import GRPODriver
 
-    work = Path(args.work)
-    model = sft_model(work / f"sft-deepseek_v2-{args.preset}-300", preset=args.preset, steps=300)
-    data = write_math_rl(work / "data/math_l1.jsonl")
     grid = settings(
         [int(x) for x in args.group_sizes.split(",")], [int(x) for x in args.prompts.split(",")], 8, 16
     )
     results = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = config.load(
-            GRPORecipeConfig,
-            BASE_CONFIG,
-            [
-                f"output_dir={tmp}/run",
-                f"model.path={model}",
-                f"stages.0.data.train=[{data}]",
-                f"trainer.lr={args.lr}",
-                "trainer.warmup_steps=0",
-                f"rollout.max_tokens={args.max_tokens}",
-                "report=false",
-            ],
+        cfg = tiny_grpo_config(
+            f"{tmp}/run",
+            Path(args.work),
+            args.preset,
+            [f"trainer.lr={args.lr}", "trainer.warmup_steps=0", f"rollout.max_tokens={args.max_tokens}"],
         )
         driver = GRPODriver(cfg)
         try:
@@ -150,9 +136,14 @@ def main() -> None:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.2f}"
+
     print(
-        f"exponent {report['exponent']:.2f} (gen {report['exponent_gen']:.2f}, update "
-        f"{report['exponent_update']:.2f}; against generated tokens {report['exponent_per_token']:.2f}); wrote {out}"
+        f"exponent {fmt(report['exponent'])} (gen {fmt(report['exponent_gen'])}, update "
+        f"{fmt(report['exponent_update'])}; against generated tokens {fmt(report['exponent_per_token'])}); "
+        f"wrote {out}"
     )
 
 

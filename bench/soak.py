@@ -28,9 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import machine, sft_model, write_math_rl  # noqa: E402
-
-BASE_CONFIG = ROOT / "recipes/configs/tiny/grpo_single.yaml"
+from bench._common import machine, tiny_grpo_config  # noqa: E402
 
 
 def role(proc) -> str:
@@ -100,29 +98,13 @@ def main() -> None:
 
     import ray
 
-    from align import config
-    from align.configs import GRPORecipeConfig
     from hybrid_engine.driver import GRPODriver
     from hybrid_engine.metrics import RunLog
 
-    work = Path(args.work)
-    # The same cached SFT'd model and data as bench/grpo_vs_trl.py.
-    model = sft_model(work / "sft-deepseek_v2-tiny-300", preset="tiny", steps=300)
-    data = write_math_rl(work / "data/math_l1.jsonl")
     samples: list[dict] = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = config.load(
-            GRPORecipeConfig,
-            BASE_CONFIG,
-            [
-                f"output_dir={tmp}/run",
-                f"model.path={model}",
-                f"stages.0.data.train=[{data}]",
-                f"stages.0.steps={args.steps}",
-                "report=false",
-            ],
-        )
+        cfg = tiny_grpo_config(f"{tmp}/run", Path(args.work), "tiny", [f"stages.0.steps={args.steps}"])
         driver = GRPODriver(cfg)
         runlog = RunLog(cfg.output_dir)
         try:
