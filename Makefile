@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python bench/rollout_throughput.py --json bench/results/rollout_throughput.json
 	$(BIN)/python bench/scaling.py --json bench/results/scaling.json
 	$(BIN)/python bench/grpo_vs_trl.py --json bench/results/grpo_vs_trl.json
+	$(BIN)/python bench/time_to_accuracy.py --json bench/results/time_to_accuracy.json
 	$(BIN)/python bench/soak.py --json bench/results/soak.json
 	$(BIN)/python bench/trainer_offload.py --json bench/results/trainer_offload.json
 
