@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,12 +41,6 @@ MEDIUM = {
     "n_routed_experts": 16,
     "num_experts_per_tok": 2,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_model(size: str, out: Path) -> Path:
@@ -89,6 +82,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     from align.configs import GRPOConfig, ModelConfig, TrainerConfig
     from hybrid_engine.trainer import TrainerWorker, live_cuda_blocks
+    from hybrid_engine.trainer import _free_port as free_port
 
     if torch.cuda.is_available():
         # Allocation stacks, so that what stays on the device while offloaded can be named.
@@ -106,7 +100,7 @@ def worker(args: argparse.Namespace) -> dict:
         use_ref=True,
     )
     t0 = time.perf_counter()
-    info = w.setup("127.0.0.1", _free_port())
+    info = w.setup("127.0.0.1", free_port())
     setup_s = time.perf_counter() - t0
     cuda = w.device.type == "cuda"
 

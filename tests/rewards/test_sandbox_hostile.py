@@ -55,6 +55,17 @@ if _g_os.getuid() == 0 or _g_os.getppid() != 1 or _g_os.getpid() > 64:
 SANDBOX_ROOT = {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "root", "sbin", "tmp", "usr"}
 
 
+# Program prelude: libc through ctypes, and call(f, *args) -> [return value, errno].
+LIBC_CALL = (
+    "import ctypes, json, os\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "def call(f, *a):\n"
+    "    ctypes.set_errno(0)\n"
+    "    r = f(*a)\n"
+    "    return [r, ctypes.get_errno()]\n"
+)
+
+
 def prog(src: str, **values) -> str:
     """`src` with each ``$name`` replaced by ``repr(values[name])``."""
     return Template(src).substitute({k: repr(v) for k, v in values.items()})
@@ -908,13 +919,7 @@ HOSTILE: dict[str, Case] = {
         lambda h: (
             GUARD
             + prog(
-                "import ctypes, json, os\n"
-                "libc = ctypes.CDLL(None, use_errno=True)\n"
-                "def call(f, *a):\n"
-                "    ctypes.set_errno(0)\n"
-                "    r = f(*a)\n"
-                "    return [r, ctypes.get_errno()]\n"
-                "out = {\n"
+                LIBC_CALL + "out = {\n"
                 "    'kill_init': call(libc.kill, 1, 9),\n"
                 "    'kill_all': call(libc.kill, -1, 9),\n"
                 "    'kill_test': call(libc.kill, $test, 9),\n"
@@ -942,13 +947,8 @@ HOSTILE: dict[str, Case] = {
         lambda h: (
             GUARD
             + prog(
-                "import ctypes, json, os\n"
-                "libc = ctypes.CDLL(None, use_errno=True)\n"
-                "def call(f, *a):\n"
-                "    ctypes.set_errno(0)\n"
-                "    r = f(*a)\n"
-                "    return [r, ctypes.get_errno()]\n"
-                "out = {'unshare': call(libc.unshare, 0x10000000 | 0x00020000)}\n"  # CLONE_NEWUSER | CLONE_NEWNS
+                LIBC_CALL
+                + "out = {'unshare': call(libc.unshare, 0x10000000 | 0x00020000)}\n"  # CLONE_NEWUSER | CLONE_NEWNS
                 "os.makedirs('/tmp/jail', exist_ok=True)\n"
                 "out['chroot_jail'] = call(libc.chroot, b'/tmp/jail')\n"
                 "for _ in range(64):\n"
