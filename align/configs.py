@@ -420,10 +420,24 @@ class RewardSpecConfig:
     spec: str = _f("", "rewards.load spec: built-in name, pkg.module:fn, file.py:fn, RM directory or URL")
     weight: float = _f(1.0, "weight in the stage's reward sum")
     options: dict = _f({}, "keyword options passed to the reward's factory")
+    ray_actor: bool = _f(
+        False,
+        "host the reward in its own Ray actor (reward models: loaded once, out of the driver); "
+        "a dead actor is restarted by Ray and the interrupted call retried",
+    )
+    num_cpus: float = _f(0.25, "ray_actor: Ray CPUs reserved for the actor")
+    num_gpus: float = _f(0.0, "ray_actor: Ray GPUs reserved for the actor (a reward model on a GPU)")
+    max_restarts: int = _f(
+        3, "ray_actor: times Ray restarts the actor (each retries the call it interrupted)"
+    )
 
     def validate(self) -> None:
         if not self.spec.strip():
             raise ValueError("spec must name a reward (e.g. 'math')")
+        if self.max_restarts < 0:
+            raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ValueError("num_cpus and num_gpus must be >= 0")
 
 
 @dataclass

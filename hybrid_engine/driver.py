@@ -136,6 +136,7 @@ class GRPODriver:
         self.trainer: TrainerGroup | None = None
         self.tokenizer: Any = None
         self.offload = False
+        self.reward_actors: list[Any] = []  # hybrid_engine.reward_actor.ActorReward of the current stage
 
     # Setup --------------------------------------------------------------------------------------
 
@@ -228,11 +229,32 @@ class GRPODriver:
             accept=("rl",),
         )
         rows = [dict(r) for r in split.dataset]
+        self._stop_reward_actors()  # the previous stage's
+        components = {}
+        for name, spec in stage.rewards.items():
+            if spec.ray_actor:
+                from hybrid_engine.reward_actor import ActorReward
+
+                fn = ActorReward(
+                    spec.spec,
+                    spec.options,
+                    num_cpus=spec.num_cpus,
+                    num_gpus=spec.num_gpus,
+                    max_restarts=spec.max_restarts,
+                    sandbox={
+                        "allow_unsafe": self.cfg.sandbox.allow_unisolated,
+                        "mode": self.cfg.sandbox.mode,
+                    },
+                    name=name,
+                )
+                self.reward_actors.append(fn)
+            else:
+                fn = rewards.load(spec.spec, **spec.options)
+            components[name] = (fn, spec.weight)
+        for fn in self.reward_actors:
+            fn.health()  # loaded and answering (a spec that fails to load fails here, naming itself)
         reward = rewards.combine(
-            {
-                name: (rewards.load(spec.spec, **spec.options), spec.weight)
-                for name, spec in stage.rewards.items()
-            },
+            components,
             timeout_s=stage.reward_timeout_s,
             max_error_frac=stage.reward_max_error_frac,
         )
@@ -304,6 +326,9 @@ class GRPODriver:
         rewards_B = torch.tensor([float("nan") if v is None else float(v) for v in scores.total])
         adv_B = group_advantages(rewards_B, g.group_size, eps=g.eps, scale=g.scale_rewards)
         metrics.update(scores.metrics)
+        for name, (fn, _) in getattr(state.reward, "components", {}).items():
+            if hasattr(fn, "restarts"):  # a reward hosted in a Ray actor: its retried calls so far
+                metrics[f"reward/{name}/actor_restarts"] = float(fn.restarts)
         metrics.update({f"advantage/{k}": v for k, v in group_stats(rewards_B, g.group_size).items()})
         metrics.update({"advantage/mean": adv_B.mean().item(), "advantage/std": adv_B.std().item()})
         metrics["advantage/abs_mean"] = adv_B.abs().mean().item()
@@ -429,9 +454,15 @@ class GRPODriver:
         """Write the policy as an HF model directory (loads with transformers and vLLM)."""
         return self.trainer.save_pretrained(path)
 
+    def _stop_reward_actors(self) -> None:
+        for fn in self.reward_actors:
+            fn.shutdown()
+        self.reward_actors = []
+
     def shutdown(self) -> None:
         import ray
 
+        self._stop_reward_actors()
         if self.trainer is not None:
             self.trainer.shutdown()
             self.trainer = None

@@ -2,11 +2,13 @@
 
 ``flaky``: for a fixed share of samples (chosen by a hash of prompt and completion, so the same
 sample always fails the same way) it raises (10%), returns NaN (5%) or hangs (2%); otherwise it
-scores the completion's length. ``broken``: raises on every sample.
+scores the completion's length. ``broken``: raises on every sample. ``slow_marked``: announces its
+process in a file, then scores slowly (killed mid-call by the reward-actor tests).
 """
 
 from __future__ import annotations
 
+import os
 import time
 import zlib
 
@@ -32,3 +34,13 @@ def flaky(prompts, completions, **columns):
 
 def broken(prompts, completions, **columns):
     raise RuntimeError("broken reward: always fails")
+
+
+def slow_marked(prompts, completions, marker=None, **columns):
+    """Writes its process id to the file ``marker[0]`` names, then scores the length of each
+    completion after a pause: a test can kill the process while a call is in flight."""
+    if marker:
+        with open(marker[0], "w") as f:
+            f.write(str(os.getpid()))
+    time.sleep(2.0)
+    return [float(len(c)) for c in completions]

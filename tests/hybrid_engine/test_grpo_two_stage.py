@@ -323,6 +323,36 @@ def test_a_killed_rollout_engine_is_restarted_and_the_step_retried(inputs, tmp_p
     assert len(diffs) == STAGE1_STEPS + STAGE2_STEPS and max(diffs) < 1e-3, diffs
 
 
+def test_a_killed_reward_model_actor_is_restarted_and_no_sample_is_lost(inputs, tmp_path):
+    out = tmp_path / "run"
+    proc = _start(write_config(inputs, out, tmp_path / "run.yaml"))
+    try:
+        _read_until(proc, f"step {STAGE1_STEPS + 1} [preference]")
+        actors = _actor_pids(proc.pid, "RewardActor")
+        assert len(actors) == 2, actors  # helpful and safety, each in its own actor
+        os.kill(actors[0], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while len(_actor_pids(proc.pid, "RewardActor")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # Ray restarts it
+        restarted = set(_actor_pids(proc.pid, "RewardActor"))
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=600) == 0, rest[-5000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert len(restarted) == 2 and actors[0] not in restarted and actors[1] in restarted, (actors, restarted)
+    check_finished_run(out)
+    stage2 = records(out)[STAGE1_STEPS:]
+    for r in stage2:  # every sample scored by both reward models: the retry lost nothing
+        for k in ("helpful", "safety"):
+            assert r[f"reward/{k}/none_frac"] == 0 and r[f"reward/{k}/error_frac"] == 0, r
+    # the kill lands before or during step 6's scoring: a call in flight is retried (and counted)
+    retried = max(
+        r.get("reward/helpful/actor_restarts", 0) + r.get("reward/safety/actor_restarts", 0) for r in stage2
+    )
+    assert retried == ("reward actor" in rest), rest[-3000:]
+
+
 def test_a_killed_trainer_rank_stops_the_run_cleanly_and_it_resumes(inputs, tmp_path):
     out = tmp_path / "run"
     cfg = write_config(inputs, out, tmp_path / "run.yaml")
