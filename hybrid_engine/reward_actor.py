@@ -98,6 +98,7 @@ class ActorReward:
         self.max_restarts = max_restarts
         self.ready_timeout_s = ready_timeout_s
         self.restarts = 0
+        self.gave_up = ""
         self.__name__ = f"actor:{self.name}"
         self.actor = (
             ray.remote(RewardActor)
@@ -118,14 +119,16 @@ class ActorReward:
         import ray
         from ray.exceptions import RayActorError
 
+        if self.gave_up:
+            raise RuntimeError(self.gave_up)
         for attempt in range(self.max_restarts + 1):
             try:
                 return ray.get(self.actor.score.remote(list(prompts), list(completions), columns))
             except RayActorError as e:
                 if attempt == self.max_restarts:
-                    raise RuntimeError(
-                        f"reward actor {self.name!r} died {attempt + 1} times; giving up: {e}"
-                    ) from e
+                    # later calls (combine's per-sample fallback, later steps) fail at once
+                    self.gave_up = f"reward actor {self.name!r} died {attempt + 1} times; giving up: {e}"
+                    raise RuntimeError(self.gave_up) from e
                 self.restarts += 1
                 log.warning("reward actor %r died during a call (%s); retrying", self.name, e)
                 print(f"grpo: reward actor {self.name!r} died; retrying its call", flush=True)

@@ -133,6 +133,10 @@ def test_an_actor_that_keeps_dying_gives_up_with_a_message(ray_local, tmp_path):
         call.join(timeout=120)
         assert not call.is_alive()
         assert "reward actor 'doomed' died 2 times; giving up" in str(box["error"])
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match="giving up"):  # later calls fail at once
+            reward(["p"], ["x"], marker=[str(marker)])
+        assert time.monotonic() - start < 1.0
     finally:
         reward.shutdown()
 
