@@ -84,6 +84,22 @@ def init_ray(cfg: RayConfig) -> None:
         )
 
 
+def load_stage_data(stage: StageConfig, tokenizer: Any, output_dir: str | Path) -> Any:
+    """A stage's prompts, read and validated (``align.data.load_split``: bad rows raise ``DataError``
+    or, with ``on_bad_row: skip``, go to ``<output_dir>/rejected_rows.jsonl`` under the split name
+    ``<stage>/train``, so the stages' records do not replace each other)."""
+    from align.data import load_split
+
+    return load_split(
+        stage.data.train,
+        stage.data,
+        split_name=f"{stage.name}/train",
+        output_dir=output_dir,
+        tokenizer=tokenizer,
+        accept=("rl",),
+    )
+
+
 @dataclass
 class StageState:
     """What a stage trains on: its rows, their rendered prompts, the reward and the GRPO settings."""
@@ -218,16 +234,8 @@ class GRPODriver:
     def prepare_stage(self, stage: StageConfig) -> StageState:
         """Load and validate the stage's prompts, render them, and build its reward."""
         import rewards
-        from align.data import load_split
 
-        split = load_split(
-            stage.data.train,
-            stage.data,
-            split_name="train",
-            output_dir=self.cfg.output_dir,
-            tokenizer=self.tokenizer,
-            accept=("rl",),
-        )
+        split = load_stage_data(stage, self.tokenizer, self.cfg.output_dir)
         rows = [dict(r) for r in split.dataset]
         self._stop_reward_actors()  # the previous stage's
         components = {}

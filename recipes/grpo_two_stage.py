@@ -69,10 +69,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # Heavy imports after parsing, so --help and config errors answer at once.
     from tqdm import tqdm
+    from transformers import AutoTokenizer
 
+    from align.data import DataError
     from align.evaluate import evaluate
     from hybrid_engine import checkpoint
-    from hybrid_engine.driver import GRPODriver, summary_line
+    from hybrid_engine.driver import GRPODriver, load_stage_data, summary_line
     from hybrid_engine.metrics import RunLog, truncate_metrics
     from hybrid_engine.trainer import TrainerFailure
     from rewards import RewardError
@@ -91,6 +93,17 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    # Every stage's data is read and checked before any worker starts: a bad row in stage 2's
+    # prompts stops the run now, not after stage 1 has trained.
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+        for stage_cfg in cfg.stages:
+            report = load_stage_data(stage_cfg, tokenizer, out).report
+            print(f"grpo: stage {stage_cfg.name!r}: {report.summary()}", flush=True)
+    except DataError as e:
+        print(f"grpo: data error: {e}", file=sys.stderr)
+        return 2
+
     if resumed is None:
         for line in start_fresh(out):
             print(f"grpo: {line}")
