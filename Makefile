@@ -44,6 +44,7 @@ bench: install
 	$(BIN)/python bench/time_to_accuracy.py --json bench/results/time_to_accuracy.json
 	$(BIN)/python bench/soak.py --json bench/results/soak.json
 	$(BIN)/python bench/trainer_offload.py --json bench/results/trainer_offload.json
+	$(BIN)/python bench/plots.py --results bench/results --out docs/img
 
 lint: install
 	$(BIN)/ruff check .
