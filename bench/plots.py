@@ -4,8 +4,8 @@
 
 Writes, for each input that exists:
 - ``bench_reward_curves.png``: mean reward per GRPO step, this toolkit and TRL (``grpo_vs_trl*.json``);
-- ``bench_time_to_accuracy.png``: held-out accuracy against training time, both sides
-  (``time_to_accuracy.json``), with TRL's final accuracy as a line;
+- ``bench_time_to_accuracy*.png``: held-out accuracy against training time, both sides, one per
+  ``time_to_accuracy*.json``, with TRL's final accuracy as a line;
 - ``bench_scaling.png``: step time against completions per step, log-log, with the fitted exponent
   (``scaling.json``).
 """
@@ -52,7 +52,8 @@ def time_to_accuracy(d: dict, out: Path) -> Path:
         ax.axhline(d["trl_final_acc"], color="tab:orange", ls=":", lw=1, label="TRL's final accuracy")
     ax.set_xlabel("training time (s, generation + update, evaluation excluded)")
     ax.set_ylabel("held-out accuracy (greedy)")
-    ax.set_title("Held-out math accuracy against time")
+    lr = (d.get("settings") or {}).get("lr")
+    ax.set_title("Held-out math accuracy against time" + (f" (lr {float(lr):g})" if lr else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -96,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
           for f in sorted(results.glob("grpo_vs_trl*.json"))]  # fmt: skip
     if vs:
         written.append(reward_curves(vs, out / "bench_reward_curves.png"))
-    if (results / "time_to_accuracy.json").is_file():
-        d = json.loads((results / "time_to_accuracy.json").read_text())
-        written.append(time_to_accuracy(d, out / "bench_time_to_accuracy.png"))
+    for f in sorted(results.glob("time_to_accuracy*.json")):  # one plot per run (e.g. _lr1e-3)
+        d = json.loads(f.read_text())
+        written.append(time_to_accuracy(d, out / f"bench_{f.stem}.png"))
     if (results / "scaling.json").is_file():
         written.append(scaling(json.loads((results / "scaling.json").read_text()), out / "bench_scaling.png"))
     for path in written:
