@@ -105,7 +105,10 @@ def sft_model(
 
 class TreeRSS:
     """Samples the summed RSS of a process and all its descendants every ``interval`` seconds in a
-    thread; ``peak_mb`` is the largest sum seen (RSS counts shared pages once per process)."""
+    thread; ``peak_mb`` is the largest sum seen (RSS counts shared pages once per process: the
+    torch libraries that each of several processes maps count several times). ``peak_pss_mb`` is
+    the largest sum of PSS (each shared page split between the processes sharing it: the tree's
+    real footprint), where the kernel reports it."""
 
     def __init__(self, pid: int, interval: float = 0.5):
         import psutil
@@ -115,6 +118,7 @@ class TreeRSS:
         self.peak_mb = 0.0
         self.peak_procs = 0
         self.peak_breakdown: list[tuple[str, float]] = []
+        self.peak_pss_mb: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -125,13 +129,16 @@ class TreeRSS:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return 0.0
-        sizes = []
+        sizes, pss = [], 0.0
         for p in procs:
             try:
                 sizes.append((p.name(), p.memory_info().rss / (1 << 20)))
+                pss += getattr(p.memory_full_info(), "pss", 0) / (1 << 20)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         mb = sum(s for _, s in sizes)
+        if pss and pss > (self.peak_pss_mb or 0.0):
+            self.peak_pss_mb = pss
         if mb > self.peak_mb:
             self.peak_mb, self.peak_procs = mb, len(procs)
             self.peak_breakdown = sorted(sizes, key=lambda x: -x[1])
@@ -167,6 +174,7 @@ def run_child(cmd: list[str], env: dict, log_path: Path, timeout_s: float | None
                 stdout, _ = proc.communicate()
     log_path.with_suffix(".stdout").write_text(stdout)
     info = {"peak_rss_mb": round(rss.peak_mb, 1), "peak_rss_procs": rss.peak_procs}
+    info["peak_pss_mb"] = None if rss.peak_pss_mb is None else round(rss.peak_pss_mb, 1)
     info["peak_rss_by_process_mb"] = [[name, round(mb, 1)] for name, mb in rss.peak_breakdown[:12]]
     info["wall_s"] = round(time.perf_counter() - start, 2)
     lines = stdout.strip().splitlines()

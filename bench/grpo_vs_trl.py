@@ -304,6 +304,8 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
         out[f"{part}_gen_tok_s"] = median(steady(part, "gen_tok_s"))
         out[f"{part}_peak_rss_mb"] = median([r["peak_rss_mb"] for r in runs[part]])
         out[f"{part}_peak_rss_mb_max"] = max(r["peak_rss_mb"] for r in runs[part])
+        pss = [r["peak_pss_mb"] for r in runs[part] if r.get("peak_pss_mb") is not None]
+        out[f"{part}_peak_pss_mb"] = median(pss) if pss else None
         out[f"{part}_setup_s"] = median([r["setup_s"] for r in runs[part]])
         out[f"{part}_wall_s"] = median([r["wall_s"] for r in runs[part]])
         curves = [r["rewards"] for r in runs[part]]
@@ -489,7 +491,7 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
-    keys = ("step_s", "gen_tok_s", "peak_rss_mb", "setup_s", "completion_len")
+    keys = ("step_s", "gen_tok_s", "peak_rss_mb", "peak_pss_mb", "setup_s", "completion_len")
     print(f"\n{'':<8}" + "".join(f"{k:>16}" for k in keys))
     for part in PARTS:
         print(f"{part:<8}" + "".join(f"{report[f'{part}_{k}'] or 0:>16.2f}" for k in keys))
