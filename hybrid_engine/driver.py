@@ -260,7 +260,7 @@ class GRPODriver:
                 fn = rewards.load(spec.spec, **spec.options)
             components[name] = (fn, spec.weight)
         for fn in self.reward_actors:
-            fn.health()  # loaded and answering (a spec that fails to load fails here, naming itself)
+            fn.wait_ready()  # placed, loaded and answering (a spec that fails to load fails here)
         reward = rewards.combine(
             components,
             timeout_s=stage.reward_timeout_s,

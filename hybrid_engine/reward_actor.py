@@ -96,6 +96,7 @@ class ActorReward:
         self.spec = absolute_spec(spec)
         self.name = name or spec
         self.max_restarts = max_restarts
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
         self.ready_timeout_s = ready_timeout_s
         self.restarts = 0
         self.gave_up = ""
@@ -114,6 +115,21 @@ class ActorReward:
         import ray
 
         return ray.get(self.actor.health.remote(), timeout=timeout_s or self.ready_timeout_s)
+
+    def wait_ready(self) -> dict[str, Any]:
+        """Wait until the actor has loaded its reward; a clear error if it cannot be placed (not
+        enough free Ray resources) or its reward fails to load."""
+        import ray
+        from ray.exceptions import GetTimeoutError
+
+        try:
+            return self.health()
+        except GetTimeoutError as e:
+            raise RuntimeError(
+                f"reward actor {self.name!r} did not start within {self.ready_timeout_s:.0f}s; it needs "
+                f"num_cpus={self.num_cpus}, num_gpus={self.num_gpus} and Ray has "
+                f"{ray.available_resources()} free (lower the reward's num_cpus or give Ray more)"
+            ) from e
 
     def __call__(self, prompts: list, completions: list, **columns: Any) -> list:
         import ray

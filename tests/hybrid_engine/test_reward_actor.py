@@ -150,3 +150,16 @@ def test_a_spec_that_fails_to_load_in_the_actor_names_itself(ray_local):
             reward.health(timeout_s=120)
     finally:
         reward.shutdown()
+
+
+def test_an_actor_that_cannot_be_placed_says_what_it_needs(ray_local):
+    from hybrid_engine.reward_actor import ActorReward
+
+    reward = ActorReward("math", num_cpus=64, ready_timeout_s=3, name="greedy")
+    try:
+        with pytest.raises(
+            RuntimeError, match=r"reward actor 'greedy' did not start within 3s; it needs num_cpus=64"
+        ):
+            reward.wait_ready()
+    finally:
+        reward.shutdown()
