@@ -307,14 +307,20 @@ def evaluate(
         result.update(n_code=len(vals), code_errors=errs, code_test_frac=_mean([v or 0.0 for v in vals]))
         for s, v in zip(samples["code"], vals):
             s["code"] = v
+
+    def score_with_rm(task: str) -> None:
+        """``<task>_rm`` (mean score), ``<task>_rm_errors`` and per-sample scores, when an RM is given."""
+        if rms[task] is None:
+            return
+        vals, errs = _score(rms[task], rows[task], texts[task], batch_size, timeout)
+        result[f"{task}_rm"] = _mean([v for v in vals if v is not None])
+        result[f"{task}_rm_errors"] = errs
+        for s, v in zip(samples[task], vals):
+            s[f"{task}_rm"] = v
+
     if "helpful" in names:
         result["n_helpful"] = len(rows["helpful"])
-        if rms["helpful"] is not None:
-            vals, errs = _score(rms["helpful"], rows["helpful"], texts["helpful"], batch_size, timeout)
-            result["helpful_rm"] = _mean([v for v in vals if v is not None])
-            result["helpful_rm_errors"] = errs
-            for s, v in zip(samples["helpful"], vals):
-                s["helpful_rm"] = v
+        score_with_rm("helpful")
     if "safety" in names:
         refused = [is_refusal(t) for t in texts["safety"]]
         unsafe = [bool(r["unsafe"]) for r in rows["safety"]]
@@ -323,12 +329,7 @@ def evaluate(
         result.update(n_safety=len(unsafe), n_unsafe=sum(unsafe), n_benign=len(unsafe) - sum(unsafe))
         for s, f in zip(samples["safety"], refused):
             s["refusal"] = f
-        if rms["safety"] is not None:
-            vals, errs = _score(rms["safety"], rows["safety"], texts["safety"], batch_size, timeout)
-            result["safety_rm"] = _mean([v for v in vals if v is not None])
-            result["safety_rm_errors"] = errs
-            for s, v in zip(samples["safety"], vals):
-                s["safety_rm"] = v
+        score_with_rm("safety")
 
     result["n_prompts"] = len(lengths)
     result["mean_completion_len"] = _mean(lengths)
