@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/python recipes/make_tiny_model.py --arch deepseek_v2 --size small --out out/deepseek_v2-small
 	$(BIN)/python recipes/make_data.py --config recipes/configs/tiny/data.yaml
+	$(BIN)/python recipes/sft.py --config recipes/configs/tiny/sft_math.yaml
 	$(BIN)/python recipes/sft.py --config recipes/configs/tiny/sft.yaml
 	$(BIN)/python recipes/reward_model.py --config recipes/configs/tiny/rm_helpful.yaml
 	$(BIN)/python recipes/reward_model.py --config recipes/configs/tiny/rm_safety.yaml
