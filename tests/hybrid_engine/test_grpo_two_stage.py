@@ -350,7 +350,7 @@ def test_a_killed_reward_model_actor_is_restarted_and_no_sample_is_lost(inputs, 
     retried = max(
         r.get("reward/helpful/actor_restarts", 0) + r.get("reward/safety/actor_restarts", 0) for r in stage2
     )
-    assert retried == ("reward actor" in rest), rest[-3000:]
+    assert retried == ("grpo: reward actor" in rest), rest[-3000:]
 
 
 def test_a_killed_trainer_rank_stops_the_run_cleanly_and_it_resumes(inputs, tmp_path):
