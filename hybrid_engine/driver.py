@@ -231,11 +231,13 @@ class GRPODriver:
         times["setup/workers_s"] = time.perf_counter() - start
         return times
 
-    def prepare_stage(self, stage: StageConfig) -> StageState:
-        """Load and validate the stage's prompts, render them, and build its reward."""
+    def prepare_stage(self, stage: StageConfig, split: Any = None) -> StageState:
+        """Load and validate the stage's prompts (unless ``split``, what :func:`load_stage_data`
+        returned for it, is given), render them, and build its reward."""
         import rewards
 
-        split = load_stage_data(stage, self.tokenizer, self.cfg.output_dir)
+        if split is None:
+            split = load_stage_data(stage, self.tokenizer, self.cfg.output_dir)
         rows = [dict(r) for r in split.dataset]
         self._stop_reward_actors()  # the previous stage's
         components = {}

@@ -95,11 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Every stage's data is read and checked before any worker starts: a bad row in stage 2's
     # prompts stops the run now, not after stage 1 has trained.
+    splits = []  # kept for the stages, so that no file is read and checked twice
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         for stage_cfg in cfg.stages:
-            report = load_stage_data(stage_cfg, tokenizer, out).report
-            print(f"grpo: stage {stage_cfg.name!r}: {report.summary()}", flush=True)
+            splits.append(load_stage_data(stage_cfg, tokenizer, out))
+            print(f"grpo: stage {stage_cfg.name!r}: {splits[-1].report.summary()}", flush=True)
     except DataError as e:
         print(f"grpo: data error: {e}", file=sys.stderr)
         return 2
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         for index, stage_cfg in enumerate(cfg.stages):
             if resumed is not None and index < resumed["stage_index"]:
                 continue
-            stage = driver.prepare_stage(stage_cfg)
+            stage = driver.prepare_stage(stage_cfg, splits[index])
             done = 0
             if resumed is not None and index == resumed["stage_index"]:
                 done, stage.consumed = resumed["stage_step"], resumed["consumed"]
