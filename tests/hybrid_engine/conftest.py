@@ -104,3 +104,23 @@ def ray_cluster():
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def untrained_rm():
+    """``untrained_rm(model_dir, out_dir)``: a seeded, untrained one-output sequence-classification
+    reward model (and tokenizer) on ``model_dir``'s weights, saved to ``out_dir``; returns it."""
+
+    def make(model_dir: Path, out_dir: Path) -> Path:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        torch.manual_seed(0)
+        rm = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        rm.config.pad_token_id = tok.pad_token_id
+        rm.save_pretrained(out_dir)
+        tok.save_pretrained(out_dir)
+        return out_dir
+
+    return make

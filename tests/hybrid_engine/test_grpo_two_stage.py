@@ -28,22 +28,14 @@ STAGE1_STEPS, STAGE2_STEPS = 4, 2
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> dict[str, Path]:
+def inputs(tmp_path_factory, untrained_rm) -> dict[str, Path]:
     """A tiny DeepSeek-V2, an (untrained) reward model made from it, and small synthetic tasks."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     from align.models import make_tiny_model
     from recipes import make_data
 
     base = tmp_path_factory.mktemp("two_stage")
     model = Path(make_tiny_model("deepseek_v2", "tiny", base / "model", seed=0))
-    torch.manual_seed(0)
-    rm = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1)
-    tok = AutoTokenizer.from_pretrained(model)
-    rm.config.pad_token_id = tok.pad_token_id
-    rm.save_pretrained(base / "rm")
-    tok.save_pretrained(base / "rm")
+    untrained_rm(model, base / "rm")
     data = base / "data"
     sizes = {"math": (64, 4), "code": (16, 2), "helpful": (8, 2), "safety": (8, 4), "chat": (32, 4)}
     args = [f"output_dir={data}", "math.levels=[1]"]

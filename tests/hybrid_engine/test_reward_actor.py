@@ -29,22 +29,23 @@ def ray_local():
 
 
 @pytest.fixture(scope="module")
-def rm_dir(tmp_path_factory) -> Path:
+def rm_dir(tmp_path_factory, untrained_rm) -> Path:
     """An (untrained, seeded) sequence-classification reward model on the tiny DeepSeek-V2."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     from align.models import make_tiny_model
 
     base = tmp_path_factory.mktemp("reward_actor")
-    model = make_tiny_model("deepseek_v2", "tiny", base / "model", seed=0)
-    torch.manual_seed(0)
-    rm = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1)
-    tok = AutoTokenizer.from_pretrained(model)
-    rm.config.pad_token_id = tok.pad_token_id
-    rm.save_pretrained(base / "rm")
-    tok.save_pretrained(base / "rm")
-    return base / "rm"
+    return untrained_rm(make_tiny_model("deepseek_v2", "tiny", base / "model", seed=0), base / "rm")
+
+
+def wait_for_pid(marker: Path, timeout_s: float = 60) -> int:
+    """The PID ``slow_marked`` writes to ``marker`` when a call starts in the actor; the marker is
+    removed, so the next call (a retry) writes it anew."""
+    deadline = time.monotonic() + timeout_s
+    while not (marker.is_file() and marker.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(marker.read_text())
+    marker.unlink()
+    return pid
 
 
 def test_absolute_spec_resolves_local_paths_only(tmp_path, monkeypatch):
@@ -90,11 +91,7 @@ def test_an_actor_killed_mid_call_is_restarted_and_the_call_retried(ray_local, t
             target=lambda: box.update(out=reward(["p"] * 3, completions, marker=[str(marker)] * 3))
         )
         call.start()
-        deadline = time.monotonic() + 60
-        while not (marker.is_file() and marker.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert int(marker.read_text()) == first_pid  # the call is running in the actor
-        marker.unlink()
+        assert wait_for_pid(marker) == first_pid  # the call is running in the actor
         os.kill(first_pid, signal.SIGKILL)
         call.join(timeout=120)
         assert not call.is_alive()
@@ -124,12 +121,7 @@ def test_an_actor_that_keeps_dying_gives_up_with_a_message(ray_local, tmp_path):
         call = threading.Thread(target=run)
         call.start()
         for _ in range(2):  # kill the first process and the restarted one, each mid-call
-            deadline = time.monotonic() + 60
-            while not (marker.is_file() and marker.read_text()) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            pid = int(marker.read_text())
-            marker.unlink()
-            os.kill(pid, signal.SIGKILL)
+            os.kill(wait_for_pid(marker), signal.SIGKILL)
         call.join(timeout=120)
         assert not call.is_alive()
         assert "reward actor 'doomed' died 2 times; giving up" in str(box["error"])
