@@ -26,6 +26,15 @@ def _figure(width: float = 6.0, height: float = 3.6):
     return fig, fig.add_subplot(1, 1, 1)
 
 
+def _finish(fig, ax, out: Path, which: str = "major") -> Path:
+    """Grid, legend, layout; save to ``out``."""
+    ax.grid(alpha=0.3, which=which)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out)
+    return out
+
+
 def reward_curves(results: list[tuple[str, dict]], out: Path) -> Path:
     fig, ax = _figure()
     for (label, d), style in zip(results, ("-", "--", ":")):
@@ -36,11 +45,7 @@ def reward_curves(results: list[tuple[str, dict]], out: Path) -> Path:
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean reward (math)")
     ax.set_title("Reward per step, same SFT start, prompts and seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out)
-    return out
+    return _finish(fig, ax, out)
 
 
 def time_to_accuracy(d: dict, out: Path) -> Path:
@@ -54,11 +59,7 @@ def time_to_accuracy(d: dict, out: Path) -> Path:
     ax.set_ylabel("held-out accuracy (greedy)")
     lr = (d.get("settings") or {}).get("lr")
     ax.set_title("Held-out math accuracy against time" + (f" (lr {float(lr):g})" if lr else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out)
-    return out
+    return _finish(fig, ax, out)
 
 
 def scaling(d: dict, out: Path) -> Path:
@@ -78,11 +79,7 @@ def scaling(d: dict, out: Path) -> Path:
     ax.set_xlabel("completions per step")
     ax.set_ylabel("step time (s)")
     ax.set_title("GRPO step time against batch size")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out)
-    return out
+    return _finish(fig, ax, out, which="both")
 
 
 def main(argv: list[str] | None = None) -> int:
