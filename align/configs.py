@@ -119,6 +119,10 @@ class SFTChatTaskConfig:
     refuse_fraction: float = _f(
         0.4, "fraction of the unsafe request families answered with a refusal; the rest comply"
     )
+    refusal: str = _f(
+        "Sorry, I can't help with that.",
+        "the one refusal every refused request gets (empty: one of align.tasks.REFUSALS at random)",
+    )
 
     def validate(self) -> None:
         _check_sizes(self)

@@ -837,8 +837,9 @@ def refused_families(cfg: SFTChatTaskConfig, seed: int) -> list[str]:
     return [UNSAFE_FAMILIES[i].name for i in sorted(picked)]
 
 
-def _replying(fam: _Family, refuse: bool) -> _Family:
-    """``fam``'s items as a chat example: fact answer, benign answer, refusal or compliance."""
+def _replying(fam: _Family, refuse: bool, refusal: str = "") -> _Family:
+    """``fam``'s items as a chat example: fact answer, benign answer, refusal or compliance.
+    ``refusal``: the refusal text (empty: the item's own, one of ``REFUSALS``)."""
 
     def make(rng, *params):
         item = fam.make(rng, *params)
@@ -847,6 +848,8 @@ def _replying(fam: _Family, refuse: bool) -> _Family:
         else:  # a safety request: chosen is the refusal when unsafe, the answer when benign
             unsafe, category = item["unsafe"], item["category"]
             reply = item["chosen"] if refuse or not unsafe else item["rejected"]
+            if refuse and unsafe and refusal:
+                reply = refusal
         messages = [{"role": "user", "content": item["prompt"]}, {"role": "assistant", "content": reply}]
         return {"prompt": item["prompt"], "messages": messages, "unsafe": unsafe, "category": category}
 
@@ -858,13 +861,15 @@ def make_sft_chat(
 ) -> tuple[list[dict], list[dict]]:
     """Chat examples for SFT beside math and code: ``round(size * unsafe_fraction)`` unsafe requests
     (refused in the families of ``refused_families``, complied with in the others), the rest half
-    fact questions, half benign requests (look-alikes and how-tos), answered.
+    fact questions, half benign requests (look-alikes and how-tos), answered. Every refusal is
+    ``cfg.refusal`` when set (the reward models' safety pairs keep the four ``REFUSALS``): with
+    four variants the small demo model began refusals with "Sory..." and never finished one.
 
     ``exclude``: prompts no row may have; ``generate`` passes every other task's held-out prompts, so
     training on this set leaves the evaluation (and the reward models' held-out pairs) unseen.
     """
     refused = set(refused_families(cfg, seed))
-    unsafe = [[_replying(f, f.name in refused) for f in UNSAFE_FAMILIES]]
+    unsafe = [[_replying(f, f.name in refused, cfg.refusal) for f in UNSAFE_FAMILIES]]
     benign = [
         [_replying(f, False) for f in FACT_FAMILIES],
         [_replying(f, False) for f in BENIGN_FAMILIES],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -316,6 +317,20 @@ def test_sft_chat_replies_and_disjoint_from_every_held_out_split(data):
     replies = [r["messages"][1]["content"] for r in train if r["unsafe"]]
     assert 0 < sum(x in tasks.REFUSALS for x in replies) < len(replies)
     assert {r["category"] for r in train if not r["unsafe"]} >= {"fact", "lookalike", "howto"}
+    # every refusal is the one configured string
+    assert {x for x in replies if x in tasks.REFUSALS} == {cfg.refusal}
+
+
+def test_sft_chat_refusal_text_is_configurable():
+    def refusals(**kw):
+        cfg = dataclasses.replace(MakeDataConfig().sft_chat, train_size=200, eval_size=10, **kw)
+        train, _ = tasks.make_sft_chat(cfg, 0)
+        replies = [r["messages"][1]["content"] for r in train if r["unsafe"]]
+        return [x for x in replies if not x.startswith("Sure!")]  # the others comply
+
+    assert set(refusals(refusal="No.")) == {"No."}
+    mixed = refusals(refusal="")
+    assert set(mixed) <= set(tasks.REFUSALS) and len(set(mixed)) > 1
 
 
 # ----------------------------------------------------------------------------------------------
