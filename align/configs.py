@@ -100,6 +100,21 @@ class PairTaskConfig:
 
 
 @dataclass
+class SafetyTaskConfig(PairTaskConfig):
+    garbled_fraction: float = _f(
+        0.0,
+        "fraction of pairs whose rejected reply is letter soup instead of the compliance (unsafe) or "
+        "the refusal (benign), so that the RM ranks a real refusal above text that merely avoids "
+        "complying",
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.garbled_fraction <= 1.0:
+            raise ValueError(f"garbled_fraction must be in [0, 1], got {self.garbled_fraction}")
+
+
+@dataclass
 class ChatTaskConfig:
     train_size: int = _f(400, "training prompts")
     eval_size: int = _f(100, "held-out prompts")
@@ -139,7 +154,7 @@ class MakeDataConfig:
     math: MathTaskConfig = _f(MathTaskConfig, "arithmetic word problems")
     code: CodeTaskConfig = _f(CodeTaskConfig, "small Python function tasks")
     helpful: PairTaskConfig = _f(PairTaskConfig, "helpfulness preference pairs")
-    safety: PairTaskConfig = _f(PairTaskConfig, "safety preference pairs")
+    safety: SafetyTaskConfig = _f(SafetyTaskConfig, "safety preference pairs")
     chat: ChatTaskConfig = _f(ChatTaskConfig, "stage-2 prompts, benign and unsafe, labelled")
     sft_chat: SFTChatTaskConfig = _f(
         SFTChatTaskConfig, "SFT chat examples; none shares a prompt with another task's held-out split"

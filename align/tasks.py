@@ -23,6 +23,7 @@ from align.configs import (
     MakeDataConfig,
     MathTaskConfig,
     PairTaskConfig,
+    SafetyTaskConfig,
     SFTChatTaskConfig,
 )
 
@@ -30,7 +31,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "math": ("prompt", "answer", "level", "solution", "messages"),
     "code": ("prompt", "entry_point", "tests", "solution", "messages"),
     "helpful": ("prompt", "chosen", "rejected", "kind"),
-    "safety": ("prompt", "chosen", "rejected", "unsafe", "category"),
+    "safety": ("prompt", "chosen", "rejected", "unsafe", "category", "kind"),
     "chat": ("prompt", "unsafe", "category"),
     "sft_chat": ("prompt", "messages", "unsafe", "category"),
 }
@@ -773,12 +774,42 @@ UNSAFE_FAMILIES = [_request_family(*spec, unsafe=True) for spec in UNSAFE]
 BENIGN_FAMILIES = [_request_family(*spec, unsafe=False) for spec in BENIGN]
 
 
-def make_safety(cfg: PairTaskConfig, seed: int) -> tuple[list[dict], list[dict]]:
-    """Half unsafe requests (refusal chosen, compliance rejected), half benign (answer over refusal)."""
+def _garble(rng: random.Random, text: str) -> str:
+    """Word-like soup of ``text``'s own letters, half the time after its first word ("Sorry, ae pe
+    sor..."): what a policy that drifts away from fluent text writes."""
+    letters = [c for c in text.lower() if c.isalpha()] or ["a"]
+    words = [
+        "".join(rng.choice(letters) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(4, 16))
+    ]
+    first = text.split(" ", 1)[0] if rng.random() < 0.5 else ""
+    return " ".join([first, *words] if first else words) + rng.choice((".", "", " a a a."))
+
+
+def _garbling(fam: _Family, fraction: float) -> _Family:
+    """``fam``'s pairs with a ``kind`` (``refuse/comply``, ``answer/refusal``), and in ``fraction``
+    of them the rejected reply replaced by soup (kind ``refuse/garbled``, ``answer/garbled``)."""
+
+    def make(rng, *params):
+        item = fam.make(rng, *params)
+        garbled = fraction > 0 and rng.random() < fraction
+        if garbled:
+            item["rejected"] = _garble(rng, item["chosen"])
+        good = "refuse" if item["unsafe"] else "answer"
+        bad = "garbled" if garbled else "comply" if item["unsafe"] else "refusal"
+        return {**item, "kind": f"{good}/{bad}"}
+
+    return dataclasses.replace(fam, make=make)
+
+
+def make_safety(cfg: SafetyTaskConfig, seed: int) -> tuple[list[dict], list[dict]]:
+    """Half unsafe requests (refusal chosen, compliance rejected), half benign (answer over refusal);
+    in ``cfg.garbled_fraction`` of the pairs the rejected reply is letter soup instead."""
+    unsafe = [_garbling(f, cfg.garbled_fraction) for f in UNSAFE_FAMILIES]
+    benign = [_garbling(f, cfg.garbled_fraction) for f in BENIGN_FAMILIES]
     parts = [
-        ([UNSAFE_FAMILIES], cfg.train_size // 2, cfg.eval_size // 2, "safety (the unsafe half)"),
+        ([unsafe], cfg.train_size // 2, cfg.eval_size // 2, "safety (the unsafe half)"),
         (
-            [BENIGN_FAMILIES],
+            [benign],
             cfg.train_size - cfg.train_size // 2,
             cfg.eval_size - cfg.eval_size // 2,
             "safety (the benign half)",

@@ -15,7 +15,7 @@ import pytest
 
 from align import tasks
 from align.config import from_dict
-from align.configs import MakeDataConfig
+from align.configs import MakeDataConfig, SafetyTaskConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TASK_NAMES = ("math", "code", "helpful", "safety", "chat", "sft_chat")
@@ -259,12 +259,28 @@ def test_safety_has_unsafe_and_benign_lookalikes(data):
         benign = [r for r in rows if not r["unsafe"]]
         assert abs(len(unsafe) - len(benign)) <= 1
         for r in unsafe:
-            assert r["chosen"] in tasks.REFUSALS and r["rejected"].startswith("Sure!"), r
+            assert r["chosen"] in tasks.REFUSALS and r["kind"] in ("refuse/comply", "refuse/garbled"), r
+            assert r["rejected"].startswith("Sure!") == (r["kind"] == "refuse/comply"), r
         for r in benign:
-            assert r["rejected"] in tasks.REFUSALS and r["chosen"] not in tasks.REFUSALS, r
+            assert r["chosen"] not in tasks.REFUSALS and r["kind"] in ("answer/refusal", "answer/garbled"), r
+            assert (r["rejected"] in tasks.REFUSALS) == (r["kind"] == "answer/refusal"), r
         # benign prompts with scary words, so refusing everything cannot win
         assert any(re.search(r"\b(kill|steal|bomb|shoot|break into)\b", r["prompt"]) for r in benign)
         assert {r["category"] for r in benign} >= {"lookalike", "howto"}
+
+
+def test_safety_garbled_pairs():
+    cfg = SafetyTaskConfig(train_size=400, eval_size=0, garbled_fraction=0.3)
+    train, _ = tasks.make_safety(cfg, 0)
+    garbled = [r for r in train if r["kind"].endswith("/garbled")]
+    assert 0.2 < len(garbled) / len(train) < 0.4
+    assert {r["kind"] for r in garbled} == {"refuse/garbled", "answer/garbled"}
+    for r in garbled:
+        words = r["rejected"].split()
+        assert len(words) >= 4 and r["rejected"] != r["chosen"] and not r["rejected"].startswith("Sure!"), r
+    assert any(r["rejected"].startswith("Sorry") for r in garbled)  # soup after a refusal's first word
+    # off by default: every rejected reply is the compliance or the refusal
+    assert not [r for r in tasks.make_safety(SafetyTaskConfig(400, 0), 0)[0] if r["kind"].endswith("garbled")]
 
 
 def test_chat_labels_and_unsafe_fraction(data):
