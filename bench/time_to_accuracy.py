@@ -172,6 +172,12 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=Path("bench/results/time_to_accuracy.json"))
     p.add_argument("--preset", default="tiny", choices=["tiny", "small"])
     p.add_argument("--budget-s", type=float, default=300.0, help="training seconds per side")
+    p.add_argument(
+        "--sft-steps",
+        type=int,
+        default=300,
+        help="SFT steps of the start model (fewer: a weaker start, with room for GRPO to gain)",
+    )
     p.add_argument("--steps", type=int, default=1000, help="a cap on steps (the budget normally ends a run)")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--eval-prompts", type=int, default=64)
@@ -196,7 +202,10 @@ def main() -> None:
         return
 
     work = ROOT / "out/bench"
-    args.model = sft_model(work / f"sft-deepseek_v2-{args.preset}-300", args.preset, 300, seed=args.seed)
+    steps = args.sft_steps
+    args.model = sft_model(
+        work / f"sft-deepseek_v2-{args.preset}-{steps}", args.preset, steps, seed=args.seed
+    )
     args.data = write_math_rl(work / "data/math_l1.jsonl")
     args.heldout = write_heldout(work / f"data/math_l1_heldout_{args.eval_prompts}.jsonl", args.eval_prompts)
     start = time.perf_counter()
