@@ -1,9 +1,10 @@
 """Held-out math accuracy against wall-clock training time: this toolkit vs TRL's ``GRPOTrainer``.
 
-Both start from the same SFT'd model (the benchmarks' cached SFT of ``--preset``), train on the same
-level-1 math prompts in the same order with the same reward and settings as ``bench/grpo_vs_trl.py``
-(group 8, 16 prompts a step, the same learning rate, beta, clipping and loss aggregation), each for
-``--budget-s`` seconds of training, one after the other in child processes. Every
+Both start from the same SFT'd model (``--model``, or the benchmarks' cached SFT of ``--preset``),
+train on the same level-1 math prompts in the same order with the same reward and settings as
+``bench/grpo_vs_trl.py`` (group 8, 16 prompts a step, the same learning rate, beta, clipping and
+loss aggregation), each for ``--budget-s`` seconds of training, one after the other in child
+processes. Every
 ``--eval-every`` steps each side scores greedy completions of ``--eval-prompts`` held-out level-1
 problems (``align.evaluate``: through the vLLM engine that holds the policy for this toolkit,
 through HF ``generate`` on the model being trained for TRL); evaluation time is taken off the
@@ -178,6 +179,7 @@ def main() -> None:
         default=300,
         help="SFT steps of the start model (fewer: a weaker start, with room for GRPO to gain)",
     )
+
     p.add_argument("--steps", type=int, default=1000, help="a cap on steps (the budget normally ends a run)")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--eval-prompts", type=int, default=64)
@@ -192,7 +194,11 @@ def main() -> None:
     p.add_argument("--ours-trainers", type=int, default=1)
     p.add_argument("--trl-mode", default="transformers", choices=["transformers", "vllm"])
     p.add_argument("--part", choices=["ours", "trl"], help=argparse.SUPPRESS)
-    p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="start both sides from this HF model dir; default: build --preset and SFT it",
+    )
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--heldout", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -203,9 +209,13 @@ def main() -> None:
 
     work = ROOT / "out/bench"
     steps = args.sft_steps
-    args.model = sft_model(
-        work / f"sft-deepseek_v2-{args.preset}-{steps}", args.preset, steps, seed=args.seed
-    )
+    if args.model is None:
+        args.model = sft_model(
+            work / f"sft-deepseek_v2-{args.preset}-{steps}", args.preset, steps, seed=args.seed
+        )
+    else:  # a given model: --preset and --sft-steps play no part (and are not recorded)
+        args.preset = args.sft_steps = None
+    args.model = args.model.resolve()
     args.data = write_math_rl(work / "data/math_l1.jsonl")
     args.heldout = write_heldout(work / f"data/math_l1_heldout_{args.eval_prompts}.jsonl", args.eval_prompts)
     start = time.perf_counter()
