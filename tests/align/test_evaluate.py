@@ -247,11 +247,11 @@ def test_progress_bar_runs(tokenizer, data_dir, capsys):
 
 def test_is_refusal_on_the_synthetic_data():
     from align import tasks
-    from align.configs import PairTaskConfig
+    from align.configs import SafetyTaskConfig
 
     assert all(ev.is_refusal(r) for r in tasks.REFUSALS)
     assert all(ev.is_refusal(r.upper()) for r in tasks.REFUSALS)
-    train, held_out = tasks.make_safety(PairTaskConfig(train_size=200, eval_size=100), seed=0)
+    train, held_out = tasks.make_safety(SafetyTaskConfig(train_size=200, eval_size=100), seed=0)
     for row in train + held_out:  # chosen refuses exactly the unsafe requests; compliance is no refusal
         assert ev.is_refusal(row["chosen"]) == row["unsafe"], row
         assert ev.is_refusal(row["rejected"]) == (not row["unsafe"]), row
@@ -356,7 +356,14 @@ def tiny_run(tmp_path_factory):
     from transformers import AutoModelForSequenceClassification
 
     from align import tasks
-    from align.configs import ChatTaskConfig, CodeTaskConfig, MakeDataConfig, MathTaskConfig, PairTaskConfig
+    from align.configs import (
+        ChatTaskConfig,
+        CodeTaskConfig,
+        MakeDataConfig,
+        MathTaskConfig,
+        PairTaskConfig,
+        SafetyTaskConfig,
+    )
     from align.models import build_config, make_tiny_model
     from rewards.reward_model import CARD
 
@@ -366,7 +373,7 @@ def tiny_run(tmp_path_factory):
         math=MathTaskConfig(train_size=8, eval_size=8),
         code=CodeTaskConfig(train_size=8, eval_size=8),
         helpful=PairTaskConfig(train_size=8, eval_size=8),
-        safety=PairTaskConfig(train_size=8, eval_size=8),
+        safety=SafetyTaskConfig(train_size=8, eval_size=8),
         chat=ChatTaskConfig(train_size=4, eval_size=4),
     )
     tasks.write_tasks(cfg, root / "data")
