@@ -179,7 +179,6 @@ def main() -> None:
         default=300,
         help="SFT steps of the start model (fewer: a weaker start, with room for GRPO to gain)",
     )
-
     p.add_argument("--steps", type=int, default=1000, help="a cap on steps (the budget normally ends a run)")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--eval-prompts", type=int, default=64)
