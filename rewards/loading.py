@@ -24,6 +24,7 @@ BUILTINS: dict[str, str] = {
     "length": "rewards.rules:length_reward",
     "repetition": "rewards.rules:repetition_reward",
     "language": "rewards.rules:language_reward",
+    "lexicon": "rewards.rules:lexicon_reward",
     "rule": "rewards.rules:rule_reward",
 }
 
@@ -37,7 +38,7 @@ def load(spec: str | Callable, **options: Any) -> Callable:
 
     Spec kinds, tried in this order:
 
-    - a built-in name: ``math``, ``code``, ``format``, ``length``, ``repetition``, ``language``, ``rule``;
+    - a built-in name: ``math``, ``code``, ``format``, ``length``, ``repetition``, ``language``, ``lexicon``, ``rule``;
     - a name registered by an installed package in the entry-point group ``align.rewards``
       (built-in names cannot be overridden);
     - a file ``path/to/file.py:fn``;

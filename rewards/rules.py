@@ -1,5 +1,5 @@
 """Rule rewards (DeepSeek-V2's RM_rule): answer format, length window, n-gram repetition, language
-consistency, and `rule`, a weighted set of them. Each function here is a factory: its keyword options
+consistency, known words (lexicon), and `rule`, a weighted set of them. Each function here is a factory: its keyword options
 are those of ``rewards.load(name, **options)`` and it returns the reward callable."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import collections
 import re
 import unicodedata
 from collections.abc import Callable
+from pathlib import Path
 
 from rewards.text import completion_text, prompt_text
 
@@ -133,18 +134,63 @@ def language_reward(script: str | None = None) -> Reward:
     return language
 
 
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+def words_of(text: str) -> list[str]:
+    """The words of ``text`` as the lexicon rule sees them: runs of letters, lower-cased."""
+    return _WORD.findall(text.lower())
+
+
+def read_lexicon(path: str | Path) -> frozenset[str]:
+    """The words of a word list (e.g. one per line; lines starting with ``#`` are comments), split and
+    lower-cased as completions are (runs of letters: "can't" gives "can" and "t"). Raises
+    ``ValueError`` naming the file when it cannot be read or holds no word."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"lexicon {path}: cannot read it ({e})") from e
+    words = frozenset(w for line in text.splitlines() if not line.startswith("#") for w in words_of(line))
+    if not words:
+        raise ValueError(f"lexicon {path}: no words in it")
+    return words
+
+
+def lexicon_reward(path: str | None = None, words: list[str] | None = None) -> Reward:
+    """Known words: ``-(unknown words / words)`` of the completion, in [-1, 0], where a word is a run
+    of letters (lower-cased) and known means listed in the lexicon (the file ``path``, see
+    :func:`read_lexicon`, and/or the list ``words``). 0.0 for a completion without letters. Catches
+    the letter soup a drifting policy writes, which a small reward model may score like text."""
+    if path is None and not words:
+        raise ValueError("the lexicon rule needs a word list: path=FILE and/or words=[...]")
+    known = (read_lexicon(path) if path is not None else frozenset()) | {
+        w for word in words or () for w in words_of(word)
+    }
+
+    def lexicon(prompts: list, completions: list, **columns) -> list[float]:
+        out = []
+        for c in completions:
+            found = words_of(completion_text(c))
+            out.append(-sum(w not in known for w in found) / len(found) if found else 0.0)
+        return out
+
+    return lexicon
+
+
 RULES = {
     "format": format_reward,
     "length": length_reward,
     "repetition": repetition_reward,
     "language": language_reward,
+    "lexicon": lexicon_reward,
 }
 DEFAULT_RULE_WEIGHTS = {"format": 1.0, "length": 1.0, "repetition": 1.0}
 
 
 def rule_reward(weights: dict[str, float] | None = None, **options: dict) -> Reward:
     """A weighted sum of rule rewards: ``weights`` maps rule names (format, length, repetition,
-    language) to weights (default ``DEFAULT_RULE_WEIGHTS``); ``options`` give each rule's options, e.g.
+    language, lexicon) to weights (default ``DEFAULT_RULE_WEIGHTS``); ``options`` give each rule's options, e.g.
     ``load("rule", weights={"format": 1, "length": 0.5}, length={"max_chars": 800})``. A rule that is
     None for a sample contributes nothing; a sample where every rule is None gets None."""
     weights = dict(DEFAULT_RULE_WEIGHTS if weights is None else weights)

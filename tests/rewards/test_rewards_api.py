@@ -34,7 +34,7 @@ def reward_file(tmp_path):
 
 
 def test_builtin_names_load_and_score():
-    for name in ("format", "length", "repetition", "language", "rule"):
+    for name in ("format", "length", "repetition", "language", "rule"):  # lexicon needs a word list
         fn = load(name)
         assert callable(fn)
         assert len(fn(["q"], ["\\boxed{1}"])) == 1

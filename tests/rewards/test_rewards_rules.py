@@ -71,3 +71,27 @@ def test_rule_weighted_set_by_hand():
 def test_rule_rejects_unknown_names():
     with pytest.raises(Exception, match="unknown rules"):
         load("rule", weights={"fromat": 1.0})
+
+
+def test_lexicon_by_hand(tmp_path):
+    words = tmp_path / "words.txt"
+    words.write_text("# a word list\nsorry I\ncan't help\nwith THAT\n")
+    lex = load("lexicon", path=str(words))
+    comps = ["Sorry, I can't help with that.", "Sorry, ae pe sor.", "42 = 6*7", "help help zzz"]
+    # the list splits like the text ("can't" -> can, t): 1 all known -> 0 ; 2: sorry ae pe sor -> -3/4
+    # 3: no letters -> 0 ; 4: help help zzz -> -1/3
+    assert lex([""] * 4, comps) == [0.0, -0.75, 0.0, pytest.approx(-1 / 3)]
+    both = load("lexicon", path=str(words), words=["pe", "Ae"])
+    assert both([""], ["Sorry, ae pe sor."]) == [-0.25]
+    rule = load("rule", weights={"lexicon": 2.0}, lexicon={"words": ["ok"]})
+    assert rule([""] * 2, ["ok ok", "ok no"]) == [0.0, -1.0]
+
+
+def test_lexicon_errors_name_the_file(tmp_path):
+    with pytest.raises(ValueError, match="needs a word list"):
+        load("lexicon")
+    with pytest.raises(ValueError, match=r"missing\.txt: cannot read"):
+        load("lexicon", path=str(tmp_path / "missing.txt"))
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    with pytest.raises(ValueError, match=r"empty\.txt: no words"):
+        load("lexicon", path=str(tmp_path / "empty.txt"))
