@@ -100,6 +100,18 @@ class PairTaskConfig:
 
 
 @dataclass
+class HelpfulTaskConfig(PairTaskConfig):
+    math_levels: list[int] = _f(
+        [], "math levels (1-3) of the math pairs; [] = the math task's levels, the math the policy is asked"
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if any(lv not in (1, 2, 3) for lv in self.math_levels):
+            raise ValueError(f"math_levels must be a subset of [1, 2, 3], got {self.math_levels}")
+
+
+@dataclass
 class SafetyTaskConfig(PairTaskConfig):
     garbled_fraction: float = _f(
         0.0,
@@ -153,7 +165,7 @@ class MakeDataConfig:
     seed: int = _f(0, "generation seed; the same seed gives the same files")
     math: MathTaskConfig = _f(MathTaskConfig, "arithmetic word problems")
     code: CodeTaskConfig = _f(CodeTaskConfig, "small Python function tasks")
-    helpful: PairTaskConfig = _f(PairTaskConfig, "helpfulness preference pairs")
+    helpful: HelpfulTaskConfig = _f(HelpfulTaskConfig, "helpfulness preference pairs")
     safety: SafetyTaskConfig = _f(SafetyTaskConfig, "safety preference pairs")
     chat: ChatTaskConfig = _f(ChatTaskConfig, "stage-2 prompts, benign and unsafe, labelled")
     sft_chat: SFTChatTaskConfig = _f(

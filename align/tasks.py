@@ -13,19 +13,20 @@ import dataclasses
 import json
 import random
 import string
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from align.configs import (
     ChatTaskConfig,
     CodeTaskConfig,
+    HelpfulTaskConfig,
     MakeDataConfig,
     MathTaskConfig,
-    PairTaskConfig,
     SafetyTaskConfig,
     SFTChatTaskConfig,
 )
+from rewards.rules import words_of
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "math": ("prompt", "answer", "level", "solution", "messages"),
@@ -638,12 +639,18 @@ ALL_MATH = [f for lv in sorted(MATH_FAMILIES) for f in MATH_FAMILIES[lv]]
 
 
 def make_helpful(
-    cfg: PairTaskConfig, seed: int, exclude: Collection[str] = frozenset()
+    cfg: HelpfulTaskConfig,
+    seed: int,
+    exclude: Collection[str] = frozenset(),
+    math_levels: Sequence[int] = (1, 2, 3),
 ) -> tuple[list[dict], list[dict]]:
     """Helpfulness pairs over math, code and factual prompts, one third each (``kind``: domain/defect).
-    ``exclude``: prompts no row may have (other tasks' held-out prompts; see ``generate``)."""
+    The math pairs are of ``cfg.math_levels``, or when that is empty of ``math_levels`` (``generate``
+    passes the math task's levels). ``exclude``: prompts no row may have (other tasks' held-out
+    prompts; see ``generate``)."""
+    levels = sorted(set(cfg.math_levels or math_levels))
     groups = [
-        [_pairing(f, _helpful_math) for f in ALL_MATH],
+        [_pairing(f, _helpful_math) for lv in levels for f in MATH_FAMILIES[lv]],
         [_pairing(f, _helpful_code) for f in CODE_FAMILIES],
         [_pairing(f, _helpful_fact) for f in FACT_FAMILIES],
     ]
@@ -941,7 +948,7 @@ def generate(cfg: MakeDataConfig) -> dict[str, tuple[list[dict], list[dict]]]:
     def held_out() -> frozenset[str]:
         return frozenset(r["prompt"] for _, rows in out.values() for r in rows)
 
-    out["helpful"] = make_helpful(cfg.helpful, cfg.seed, exclude=held_out())
+    out["helpful"] = make_helpful(cfg.helpful, cfg.seed, exclude=held_out(), math_levels=cfg.math.levels)
     out["chat"] = make_chat(cfg.chat, cfg.seed, exclude=held_out())
     out["sft_chat"] = make_sft_chat(cfg.sft_chat, cfg.seed, exclude=held_out())
     return {name: out[name] for name in (*TASKS, "sft_chat")}
@@ -952,12 +959,40 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=True) + "\n" for r in rows), encoding="ascii")
 
 
+def _strings(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def lexicon(rows: Iterable[dict]) -> list[str]:
+    """The sorted words (runs of letters, lower-cased) of every text in ``rows`` except the rejected
+    replies of preference pairs (which may be soup, see ``SafetyTaskConfig.garbled_fraction``) and the
+    code tests (whose string arguments are random letters): the word list of the ``lexicon`` rule
+    reward for this data."""
+    words = set()
+    for row in rows:
+        for text in _strings({k: v for k, v in row.items() if k not in ("rejected", "tests")}):
+            words.update(words_of(text))
+    return sorted(words)
+
+
 def write_tasks(cfg: MakeDataConfig, out_dir: str | Path) -> dict[str, dict[str, int]]:
-    """Write ``<out_dir>/<task>/{train,eval}.jsonl`` for every task; return the row counts."""
+    """Write ``<out_dir>/<task>/{train,eval}.jsonl`` for every task and ``<out_dir>/lexicon.txt``
+    (the words of every training split, see :func:`lexicon`); return the row counts."""
     out_dir = Path(out_dir)
-    counts = {}
+    counts, train_rows = {}, []
     for name, (train, held_out) in generate(cfg).items():
         write_jsonl(train, out_dir / name / "train.jsonl")
         write_jsonl(held_out, out_dir / name / "eval.jsonl")
         counts[name] = {"train": len(train), "eval": len(held_out)}
+        train_rows += train
+    words = lexicon(train_rows)
+    header = f"# the words of the training splits in {out_dir}: the word list of the lexicon rule reward\n"
+    (out_dir / "lexicon.txt").write_text(header + "\n".join(words) + "\n", encoding="utf-8")
     return counts

@@ -359,9 +359,9 @@ def tiny_run(tmp_path_factory):
     from align.configs import (
         ChatTaskConfig,
         CodeTaskConfig,
+        HelpfulTaskConfig,
         MakeDataConfig,
         MathTaskConfig,
-        PairTaskConfig,
         SafetyTaskConfig,
     )
     from align.models import build_config, make_tiny_model
@@ -372,7 +372,7 @@ def tiny_run(tmp_path_factory):
     cfg = MakeDataConfig(
         math=MathTaskConfig(train_size=8, eval_size=8),
         code=CodeTaskConfig(train_size=8, eval_size=8),
-        helpful=PairTaskConfig(train_size=8, eval_size=8),
+        helpful=HelpfulTaskConfig(train_size=8, eval_size=8),
         safety=SafetyTaskConfig(train_size=8, eval_size=8),
         chat=ChatTaskConfig(train_size=4, eval_size=4),
     )

@@ -16,6 +16,8 @@ import pytest
 from align import tasks
 from align.config import from_dict
 from align.configs import MakeDataConfig, SafetyTaskConfig
+from rewards import load
+from rewards.rules import read_lexicon
 
 ROOT = Path(__file__).resolve().parents[2]
 TASK_NAMES = ("math", "code", "helpful", "safety", "chat", "sft_chat")
@@ -409,3 +411,46 @@ def test_no_training_set_holds_a_prompt_another_task_holds_out():
             if other != name:
                 leaked = seen & {r["prompt"] for r in held_out}
                 assert not leaked, (name, other, sorted(leaked)[:3])
+
+
+def test_lexicon_covers_the_replies_but_not_soup(tmp_path):
+    cfg = _cfg(safety={"train_size": 60, "eval_size": 10, "garbled_fraction": 0.5})
+    tasks.write_tasks(cfg, tmp_path)
+    known = read_lexicon(tmp_path / "lexicon.txt")
+    lex = load("lexicon", path=str(tmp_path / "lexicon.txt"))
+    data = tasks.generate(cfg)
+    chosen = [r["chosen"] for r in data["safety"][0]] + [r["solution"] for r in data["math"][0]]
+    assert lex([""] * len(chosen), chosen) == [0.0] * len(chosen)
+    soup = [r["rejected"] for r in data["safety"][0] if r["kind"].endswith("/garbled")]
+    assert soup and max(lex([""] * len(soup), soup)) < 0  # every soup reply has an unknown word
+    assert {"sorry", "help", "boxed"} <= known and "rejected" not in known
+
+
+def _math_level(prompt: str) -> int:
+    """The level of a math prompt, from the family templates it matches."""
+    for level, _, template, *_ in tasks._MATH:
+        pattern = re.escape(template)
+        for field, regex in (
+            ("{who}", r"\w+"),
+            ("{obj}", r"\w+"),
+            ("{0}", r"\d+"),
+            ("{1}", r"\d+"),
+            ("{2}", r"\d+"),
+        ):
+            pattern = pattern.replace(re.escape(field), regex)
+        if re.fullmatch(pattern, prompt):
+            return level
+    raise AssertionError(f"not a math prompt: {prompt!r}")
+
+
+def test_helpful_math_pairs_follow_the_math_levels():
+    def levels(cfg):
+        train, held_out = tasks.generate(cfg)["helpful"]
+        return {_math_level(r["prompt"]) for r in train + held_out if r["kind"].startswith("math/")}
+
+    small = {"train_size": 60, "eval_size": 10}
+    assert levels(_cfg(math={**small, "levels": [1]}, helpful=small)) == {1}
+    assert levels(_cfg(math={**small, "levels": [1, 3]}, helpful=small)) == {1, 3}
+    assert levels(_cfg(math={**small, "levels": [1]}, helpful={**small, "math_levels": [2]})) == {2}
+    with pytest.raises(ValueError, match="math_levels"):
+        _cfg(helpful={"math_levels": [4]})
