@@ -993,6 +993,6 @@ def write_tasks(cfg: MakeDataConfig, out_dir: str | Path) -> dict[str, dict[str,
         counts[name] = {"train": len(train), "eval": len(held_out)}
         train_rows += train
     words = lexicon(train_rows)
-    header = f"# the words of the training splits in {out_dir}: the word list of the lexicon rule reward\n"
+    header = "# the words of the training splits beside this file: the word list of the lexicon rule reward\n"
     (out_dir / "lexicon.txt").write_text(header + "\n".join(words) + "\n", encoding="utf-8")
     return counts

@@ -38,7 +38,8 @@ def load(spec: str | Callable, **options: Any) -> Callable:
 
     Spec kinds, tried in this order:
 
-    - a built-in name: ``math``, ``code``, ``format``, ``length``, ``repetition``, ``language``, ``lexicon``, ``rule``;
+    - a built-in name: ``math``, ``code``, ``format``, ``length``, ``repetition``, ``language``,
+      ``lexicon``, ``rule``;
     - a name registered by an installed package in the entry-point group ``align.rewards``
       (built-in names cannot be overridden);
     - a file ``path/to/file.py:fn``;

@@ -1,6 +1,7 @@
 """Rule rewards (DeepSeek-V2's RM_rule): answer format, length window, n-gram repetition, language
-consistency, known words (lexicon), and `rule`, a weighted set of them. Each function here is a factory: its keyword options
-are those of ``rewards.load(name, **options)`` and it returns the reward callable."""
+consistency, known words (lexicon), and `rule`, a weighted set of them. Each function here is a
+factory: its keyword options are those of ``rewards.load(name, **options)`` and it returns the reward
+callable."""
 
 from __future__ import annotations
 
@@ -164,6 +165,8 @@ def lexicon_reward(path: str | None = None, words: list[str] | None = None) -> R
     the letter soup a drifting policy writes, which a small reward model may score like text."""
     if path is None and not words:
         raise ValueError("the lexicon rule needs a word list: path=FILE and/or words=[...]")
+    if isinstance(words, str) or not all(isinstance(w, str) for w in words or ()):
+        raise ValueError(f"lexicon words must be a list of strings, got {words!r:.80}")
     known = (read_lexicon(path) if path is not None else frozenset()) | {
         w for word in words or () for w in words_of(word)
     }
@@ -190,8 +193,8 @@ DEFAULT_RULE_WEIGHTS = {"format": 1.0, "length": 1.0, "repetition": 1.0}
 
 def rule_reward(weights: dict[str, float] | None = None, **options: dict) -> Reward:
     """A weighted sum of rule rewards: ``weights`` maps rule names (format, length, repetition,
-    language, lexicon) to weights (default ``DEFAULT_RULE_WEIGHTS``); ``options`` give each rule's options, e.g.
-    ``load("rule", weights={"format": 1, "length": 0.5}, length={"max_chars": 800})``. A rule that is
+    language, lexicon) to weights (default ``DEFAULT_RULE_WEIGHTS``); ``options`` give each rule's
+    options, e.g. ``load("rule", weights={"format": 1, "length": 0.5}, length={"max_chars": 800})``. A rule that is
     None for a sample contributes nothing; a sample where every rule is None gets None."""
     weights = dict(DEFAULT_RULE_WEIGHTS if weights is None else weights)
     unknown = (set(weights) | set(options)) - set(RULES)

@@ -96,6 +96,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     cfg.seed = 1
     tasks.write_tasks(cfg, tmp_path / "c")
     assert set(counts) == set(TASK_NAMES)
+    assert (tmp_path / "a" / "lexicon.txt").read_bytes() == (tmp_path / "b" / "lexicon.txt").read_bytes()
     for name in TASK_NAMES:
         for split in ("train", "eval"):
             a, b, c = (tmp_path / d / name / f"{split}.jsonl" for d in "abc")

@@ -90,6 +90,8 @@ def test_lexicon_by_hand(tmp_path):
 def test_lexicon_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="needs a word list"):
         load("lexicon")
+    with pytest.raises(ValueError, match="list of strings"):
+        load("lexicon", words="sorry help")
     with pytest.raises(ValueError, match=r"missing\.txt: cannot read"):
         load("lexicon", path=str(tmp_path / "missing.txt"))
     (tmp_path / "empty.txt").write_text("# nothing\n\n")
