@@ -101,8 +101,16 @@ class PairTaskConfig:
 
 @dataclass
 class HelpfulTaskConfig(PairTaskConfig):
+    train_size: int = _f(
+        800, "training pairs (a quarter each of math, code, facts and chat; 600 before chat)"
+    )
     math_levels: list[int] = _f(
         [], "math levels (1-3) of the math pairs; [] = the math task's levels, the math the policy is asked"
+    )
+    chat: bool = _f(
+        True,
+        "also pairs on benign chat requests (the answer over a refusal or a rambling answer), so that "
+        "the RM scores the stage-2 prompts it will see",
     )
 
     def validate(self) -> None:

@@ -624,6 +624,13 @@ def _helpful_fact(rng, item):
     return item["answer"], rejected, f"fact/{defect}"
 
 
+def _helpful_chat(rng, item):
+    """A benign request (see ``BENIGN``): the answer over a refusal or over a rambling answer."""
+    defect = rng.choice(("refusal", "rambling"))
+    rejected = item["rejected"] if defect == "refusal" else _ramble(rng, item["chosen"])
+    return item["chosen"], rejected, f"chat/{defect}"
+
+
 def _pairing(fam: _Family, pair: Callable) -> _Family:
     """The same template space, with each item turned into a preference pair by ``pair``."""
 
@@ -644,16 +651,18 @@ def make_helpful(
     exclude: Collection[str] = frozenset(),
     math_levels: Sequence[int] = (1, 2, 3),
 ) -> tuple[list[dict], list[dict]]:
-    """Helpfulness pairs over math, code and factual prompts, one third each (``kind``: domain/defect).
-    The math pairs are of ``cfg.math_levels``, or when that is empty of ``math_levels`` (``generate``
-    passes the math task's levels). ``exclude``: prompts no row may have (other tasks' held-out
-    prompts; see ``generate``)."""
+    """Helpfulness pairs over math, code and factual prompts and, with ``cfg.chat``, benign chat
+    requests, in equal shares (``kind``: domain/defect). The math pairs are of ``cfg.math_levels``,
+    or when that is empty of ``math_levels`` (``generate`` passes the math task's levels).
+    ``exclude``: prompts no row may have (other tasks' held-out prompts; see ``generate``)."""
     levels = sorted(set(cfg.math_levels or math_levels))
     groups = [
         [_pairing(f, _helpful_math) for lv in levels for f in MATH_FAMILIES[lv]],
         [_pairing(f, _helpful_code) for f in CODE_FAMILIES],
         [_pairing(f, _helpful_fact) for f in FACT_FAMILIES],
     ]
+    if cfg.chat:
+        groups.append([_pairing(f, _helpful_chat) for f in BENIGN_FAMILIES])
     parts = [(groups, cfg.train_size, cfg.eval_size, "helpful")]
     train, held_out = _split("helpful", seed, parts, exclude=frozenset(exclude))
     return _rows("helpful", train), _rows("helpful", held_out)

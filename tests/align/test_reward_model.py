@@ -42,7 +42,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    train, held_out = make_helpful(HelpfulTaskConfig(train_size=192, eval_size=64), seed=0)
+    train, held_out = make_helpful(HelpfulTaskConfig(train_size=192, eval_size=64, chat=False), seed=0)
     out = tmp_path_factory.mktemp("data")
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "eval.jsonl", held_out)

@@ -231,7 +231,8 @@ def test_code_references_pass_and_bugs_fail():
 def test_helpful_pairs(data):
     train, held_out = data["helpful"]
     rows = train + held_out
-    assert {r["kind"].split("/")[0] for r in rows} == {"math", "code", "fact"}
+    assert {r["kind"].split("/")[0] for r in rows} == {"math", "code", "fact", "chat"}
+    unsafe_prompts = {r["prompt"] for r in data["safety"][0] + data["safety"][1] if r["unsafe"]}
     tests_by_prompt = {x["prompt"]: x["tests"] for x in all_code_items(0)}
     programs = []
     for r in rows:
@@ -243,6 +244,10 @@ def test_helpful_pairs(data):
             assert len(r["rejected"]) > len(r["chosen"]) + 30 and r["rejected"].endswith(r["chosen"]), r
         if defect == "no_boxed":
             assert "\\boxed" not in r["rejected"], r
+        if domain == "chat":  # a benign request: its answer is chosen
+            assert r["prompt"] not in unsafe_prompts and r["chosen"] not in tasks.REFUSALS, r
+            assert not r["chosen"].startswith("Sure!") and defect in ("refusal", "rambling"), r
+            assert defect == "rambling" or r["rejected"] in tasks.REFUSALS, r
         if domain == "code" and defect in ("wrong", "no_fence"):
             tests = tests_by_prompt[r["prompt"]]
             programs += [
@@ -455,3 +460,13 @@ def test_helpful_math_pairs_follow_the_math_levels():
     assert levels(_cfg(math={**small, "levels": [1]}, helpful={**small, "math_levels": [2]})) == {2}
     with pytest.raises(ValueError, match="math_levels"):
         _cfg(helpful={"math_levels": [4]})
+
+
+def test_helpful_chat_pairs_can_be_left_out():
+    small = {"train_size": 60, "eval_size": 20}
+    with_chat = tasks.generate(_cfg(helpful=small))["helpful"]
+    without = tasks.generate(_cfg(helpful={**small, "chat": False}))["helpful"]
+    domains = [
+        {r["kind"].split("/")[0] for r in train + held_out} for train, held_out in (with_chat, without)
+    ]
+    assert domains == [{"math", "code", "fact", "chat"}, {"math", "code", "fact"}]

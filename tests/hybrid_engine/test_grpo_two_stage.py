@@ -66,6 +66,7 @@ def write_config(inputs: dict[str, Path], out: Path, path: Path) -> Path:
     }
     s2["data"]["train"] = [str(data / "chat/train.jsonl")]
     s2["rewards"]["helpful"]["spec"] = s2["rewards"]["safety"]["spec"] = str(inputs["rm"])
+    s2["rewards"]["rule"]["options"]["lexicon"]["path"] = str(data / "lexicon.txt")
     s2["steps"] = STAGE2_STEPS
     s2["reset_reference"] = True  # the KL reference restarts from stage 1's policy (and is checkpointed)
     cfg["checkpoint"].update(every_steps=2, keep=2)
