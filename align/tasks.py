@@ -968,15 +968,16 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=True) + "\n" for r in rows), encoding="ascii")
 
 
-def _strings(value: object) -> Iterator[str]:
+def strings_of(value: object) -> Iterator[str]:
+    """Every string in ``value``, a row or any nesting of dicts and lists."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
         for v in value.values():
-            yield from _strings(v)
+            yield from strings_of(v)
     elif isinstance(value, list):
         for v in value:
-            yield from _strings(v)
+            yield from strings_of(v)
 
 
 def lexicon(rows: Iterable[dict]) -> list[str]:
@@ -986,7 +987,7 @@ def lexicon(rows: Iterable[dict]) -> list[str]:
     reward for this data."""
     words = set()
     for row in rows:
-        for text in _strings({k: v for k, v in row.items() if k not in ("rejected", "tests")}):
+        for text in strings_of({k: v for k, v in row.items() if k not in ("rejected", "tests")}):
             words.update(words_of(text))
     return sorted(words)
 

@@ -34,17 +34,6 @@ def _cfg(**sections) -> MakeDataConfig:
     return from_dict(MakeDataConfig, sections)
 
 
-def _strings(value):
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)
-
-
 _RUNNER = r"""
 import json, sys
 results = []
@@ -131,7 +120,7 @@ def test_sizes_columns_and_disjoint_splits(data):
 def test_text_is_short_printable_ascii(data):
     for name, (train, held_out) in data.items():
         for row in train + held_out:
-            for text in _strings(row):
+            for text in tasks.strings_of(row):
                 assert set(text) <= PRINTABLE, (name, text)
             assert 15 <= len(row["prompt"]) <= 120, (name, row["prompt"])
             for col in ("solution", "chosen"):
