@@ -1,4 +1,4 @@
-"""Tiny models built from a config, with no downloads: a character-level tokenizer and toy-scale
+"""Tiny models built from a config, with no downloads: a small byte-level BPE tokenizer and toy-scale
 DeepSeek-V2 (MLA + DeepSeekMoE) and Qwen2 presets, saved as HF model dirs that transformers and
 vLLM both load.
 
@@ -10,6 +10,7 @@ Usage::
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +22,16 @@ PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK, *ROLE_TOKENS.values()]  # ids 0..6, in this order
 BYTE_OFFSET = len(SPECIAL_TOKENS)  # byte b has id BYTE_OFFSET + b
-VOCAB_SIZE = BYTE_OFFSET + 256  # 263
-# The chars the demo's text is made of; each is one byte, so one token.
+# The BPE merges fitted to the synthetic tasks' text (`python -m align.models` rewrites them): merge i
+# makes token id MERGES_OFFSET + i. 1024 ids in all: the tasks' text is ~3.5 bytes a token (chat),
+# ~2.5 (math: digits are never merged), against one byte a token without merges.
+MERGES_FILE = Path(__file__).with_name("tokenizer_merges.txt")
+MERGES_OFFSET = BYTE_OFFSET + 256
+VOCAB_SIZE = 1024
+# Qwen2's pre-tokenizer split: words with their leading space, single digits, punctuation runs. It is
+# the split transformers 5 imposes on qwen2 model dirs, so both archs must use it to agree.
+PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+# The chars the demo's text is made of; each is one byte.
 CHARS = [chr(c) for c in range(32, 127)] + ["\n", "\t"]
 
 
@@ -138,26 +147,92 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+def _pre_tokenizer():
+    from tokenizers import Regex, pre_tokenizers
+
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
+def train_merges(n: int = VOCAB_SIZE - MERGES_OFFSET) -> list[tuple[str, str]]:
+    """Fit ``n`` BPE merges (tokenizers' ``BpeTrainer``) to the text of every task that
+    ``align.tasks.generate`` makes with the default ``MakeDataConfig`` (the training splits' prompts,
+    replies, solutions and code; not the soup of rejected replies nor code tests' random strings).
+    Deterministic: the trainer breaks ties by pair, not by hash order."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from align.configs import MakeDataConfig
+    from align.tasks import generate, strings_of
+
+    corpus = [
+        text
+        for train, _ in generate(MakeDataConfig()).values()
+        for row in train
+        for text in strings_of({k: v for k, v in row.items() if k not in ("rejected", "tests")})
+    ]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = _pre_tokenizer()
+    trainer = trainers.BpeTrainer(
+        vocab_size=256 + n, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    backend.train_from_iterator(corpus, trainer)
+    merges = [tuple(m) for m in json.loads(backend.to_str())["model"]["merges"]]
+    if len(merges) != n:
+        raise ValueError(f"the tasks' text gives {len(merges)} BPE merges, {n} asked")
+    return merges
+
+
+def read_merges(path: str | Path = MERGES_FILE) -> list[tuple[str, str]]:
+    """The merges of a ``merges.txt`` file (a ``#version`` line, then one "left right" pair a line)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    merges = []
+    for i, line in enumerate(lines, 1):
+        if not line or line.startswith("#version"):
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{i}: expected 'left right', got {line!r}")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def write_merges(merges: list[tuple[str, str]], path: str | Path = MERGES_FILE) -> None:
+    Path(path).write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+
+
 def build_tokenizer() -> transformers.PreTrainedTokenizerFast:
-    """A character-level tokenizer: one token per byte, so one per ASCII char (newline and tab too).
+    """A byte-level BPE tokenizer of ``VOCAB_SIZE`` ids: the special tokens (ids 0-6), the 256 bytes
+    (byte b has id ``BYTE_OFFSET + b``), then the merges of ``MERGES_FILE`` in order.
 
-    Any other char becomes its UTF-8 bytes, one token each, so nothing is ever unknown (``<unk>``
-    exists but is unused). ``<pad>``, ``<bos>``, ``<eos>``, ``<unk>`` and the role markers
-    ``<|system|>``, ``<|user|>``, ``<|assistant|>`` are single special tokens (ids 0-6). Plain
-    tokenisation adds no BOS/EOS; the chat template starts with ``<bos>`` and ends each assistant
-    turn with ``<eos>``, inside ``{% generation %}`` so ``return_assistant_tokens_mask=True`` works.
+    Text is split as Qwen2 splits it (digits one by one, words with their leading space), so numbers
+    are always one token a digit and no merge crosses a word. Nothing is ever unknown (``<unk>``
+    exists but is unused): any char is at worst its UTF-8 bytes. ``<pad>``, ``<bos>``, ``<eos>``,
+    ``<unk>`` and the role markers ``<|system|>``, ``<|user|>``, ``<|assistant|>`` are single special
+    tokens. Plain tokenisation adds no BOS/EOS; the chat template starts with ``<bos>`` and ends each
+    assistant turn with ``<eos>``, inside ``{% generation %}`` so ``return_assistant_tokens_mask=True``
+    works.
 
-    The pipeline (NFC, byte-level, BPE without merges) is the one transformers 5 imposes on every
+    The pipeline (NFC, the Qwen2 split, byte-level BPE) is the one transformers 5 imposes on every
     ``qwen2`` model dir (``AutoTokenizer`` loads ``Qwen2Tokenizer`` there whatever
     ``tokenizer_config.json`` says), so both archs tokenise identically wherever they are loaded.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + _byte_symbols())}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False, byte_fallback=False))
+    merges = read_merges()
+    tokens = SPECIAL_TOKENS + _byte_symbols() + [a + b for a, b in merges]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    if len(vocab) != VOCAB_SIZE or len(tokens) != VOCAB_SIZE:
+        raise ValueError(
+            f"{MERGES_FILE}: {len(merges)} merges make {len(vocab)} distinct ids, not {VOCAB_SIZE}"
+        )
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.pre_tokenizer = _pre_tokenizer()
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     tokenizer = PreTrainedTokenizerFast(
@@ -228,3 +303,8 @@ def render_prompt(tokenizer: Any, prompt: str | list[dict]) -> list[int]:
         messages, add_generation_prompt=True, tokenize=True, return_dict=False
     )
     return [int(t) for t in ids]
+
+
+if __name__ == "__main__":  # rewrite MERGES_FILE from the current tasks: python -m align.models
+    write_merges(train_merges())
+    print(f"wrote {VOCAB_SIZE - MERGES_OFFSET} merges to {MERGES_FILE}")

@@ -3,8 +3,9 @@
 Each task draws from a finite space of templates and parameters with ``random.Random`` only, so the
 same seed gives byte-identical files. Train and eval rows are drawn together without replacement
 from that space and then split, so the two splits never share a prompt; asking for more rows than
-a space holds raises ``TaskSizeError``. All text is short printable ASCII, because the default
-tokenizer spends one token per character.
+a space holds raises ``TaskSizeError``. All text is short printable ASCII. The default tokenizer's
+BPE merges are fitted to this text (``align.models.train_merges``; ``python -m align.models``
+refits them after a change to the templates).
 """
 
 from __future__ import annotations

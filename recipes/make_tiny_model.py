@@ -1,4 +1,4 @@
-"""Build a tiny random-init model (DeepSeek-V2 or Qwen2 architecture, char-level tokenizer) as an HF dir.
+"""Build a tiny random-init model (DeepSeek-V2 or Qwen2 architecture, small BPE tokenizer) as an HF dir.
 
     python recipes/make_tiny_model.py --arch deepseek_v2 --size tiny --out out/tiny-deepseek_v2
 

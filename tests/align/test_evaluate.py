@@ -138,7 +138,7 @@ def test_math_accuracy_counts_boxed_answers(tokenizer, data_dir):
     # Greedy, one completion per prompt, the caller's max_tokens.
     assert all(p == SamplingParams(n=1, temperature=0.0, max_tokens=32) for _, p in engine.calls)
     assert res["mean_completion_len"] == pytest.approx(
-        sum(len(MATH_ANSWERS[r["prompt"]]) + 1 for r in MATH) / 4  # one token a char, plus EOS
+        sum(len(tokenizer(MATH_ANSWERS[r["prompt"]])["input_ids"]) + 1 for r in MATH) / 4  # plus EOS
     )
     assert res["truncated_frac"] == 0.0 and res["eval_seconds"] >= 0
 

@@ -1,4 +1,4 @@
-"""Tiny models: the char tokenizer and chat template, the presets, and vLLM agreeing with transformers."""
+"""Tiny models: the BPE tokenizer and chat template, the presets, and vLLM agreeing with transformers."""
 
 from __future__ import annotations
 
@@ -15,12 +15,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from align.models import (
     BYTE_OFFSET,
     CHARS,
+    MERGES_OFFSET,
     PRESETS,
     SPECIAL_TOKENS,
     VOCAB_SIZE,
     build_tokenizer,
     count_parameters,
     make_tiny_model,
+    read_merges,
+    train_merges,
+    write_merges,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,16 +56,20 @@ def _chat(tok, messages: list[dict]) -> list[int]:
 # Tokenizer and chat template
 
 
-def test_tokenizer_is_char_level_and_round_trips():
+def test_tokenizer_is_byte_level_bpe_and_round_trips():
     tok = build_tokenizer()
-    assert len(tok) == VOCAB_SIZE == len(SPECIAL_TOKENS) + 256 == 263
+    assert len(tok) == VOCAB_SIZE == MERGES_OFFSET + len(read_merges()) == 1024
+    assert MERGES_OFFSET == len(SPECIAL_TOKENS) + 256
+    # Every byte is a token of its own (id BYTE_OFFSET + b): nothing is unknown.
+    assert tok.convert_ids_to_tokens([BYTE_OFFSET + ord(c) for c in "az{}"]) == list("az{}")
     text = "".join(CHARS) + "  x\n\t\t1+2=3 {}"
-    ids = tok(text)["input_ids"]
-    assert ids == [BYTE_OFFSET + ord(c) for c in text]  # one token a char, no BOS/EOS added
-    assert tok.decode(ids) == text
-    # Other chars are their UTF-8 bytes: nothing is unknown, and decoding restores them.
-    assert tok("é€")["input_ids"] == [BYTE_OFFSET + b for b in "é€".encode()]
+    assert tok.decode(tok(text)["input_ids"]) == text
+    assert tok("é€")["input_ids"] == [BYTE_OFFSET + b for b in "é€".encode()]  # unseen chars: their bytes
     assert tok.decode(tok("é\r€ ok")["input_ids"]) == "é\r€ ok"
+    # Words of the tasks are whole tokens; digits are always one token each (arithmetic stays per digit).
+    assert tok.tokenize("Sorry, I can't help with that.") == "Sorry , ĠI Ġcan 't Ġhelp Ġwith Ġthat .".split()
+    assert tok("12+345=357")["input_ids"] == [BYTE_OFFSET + ord(c) for c in "12+345=357"]
+    assert all(not any(c.isdigit() for c in a + b) for a, b in read_merges())
     # Special tokens are single tokens, and skipped on request.
     ids = tok("<bos><|user|>hi<eos>")["input_ids"]
     assert ids == [
@@ -72,6 +80,17 @@ def test_tokenizer_is_char_level_and_round_trips():
     ]
     assert tok.decode(ids, skip_special_tokens=True) == "hi"
     assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2, 3)
+
+
+def test_merges_are_fitted_deterministically_and_files_round_trip(tmp_path):
+    merges = train_merges(40)
+    assert merges == train_merges(40) and len(set(merges)) == 40
+    assert ("Ġ", "t") in merges or ("Ġ", "a") in merges  # the commonest pairs: a space and a letter
+    write_merges(merges, tmp_path / "merges.txt")
+    assert read_merges(tmp_path / "merges.txt") == merges
+    (tmp_path / "bad.txt").write_text("#version: 0.2\na b\nabc\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.txt:3: expected 'left right'"):
+        read_merges(tmp_path / "bad.txt")
 
 
 def test_chat_template_masks_assistant_content_and_eos():
