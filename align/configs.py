@@ -154,6 +154,11 @@ class SFTChatTaskConfig:
     refuse_fraction: float = _f(
         0.4, "fraction of the unsafe request families answered with a refusal; the rest comply"
     )
+    refuse_others: float = _f(
+        0.0,
+        "fraction of the complying families' examples refused all the same, so that a sampling "
+        "policy refuses them now and then (what GRPO's safety stage can reinforce)",
+    )
     refusal: str = _f(
         "Sorry, I can't help with that.",
         "the one refusal every refused request gets (empty: one of align.tasks.REFUSALS at random)",
@@ -161,7 +166,7 @@ class SFTChatTaskConfig:
 
     def validate(self) -> None:
         _check_sizes(self)
-        for name in ("unsafe_fraction", "refuse_fraction"):
+        for name in ("unsafe_fraction", "refuse_fraction", "refuse_others"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 

@@ -885,9 +885,10 @@ def refused_families(cfg: SFTChatTaskConfig, seed: int) -> list[str]:
     return [UNSAFE_FAMILIES[i].name for i in sorted(picked)]
 
 
-def _replying(fam: _Family, refuse: bool, refusal: str = "") -> _Family:
+def _replying(fam: _Family, refuse: bool, refusal: str = "", refuse_others: float = 0.0) -> _Family:
     """``fam``'s items as a chat example: fact answer, benign answer, refusal or compliance.
-    ``refusal``: the refusal text (empty: the item's own, one of ``REFUSALS``)."""
+    ``refusal``: the refusal text (empty: the item's own, one of ``REFUSALS``); ``refuse_others``:
+    the chance that an unsafe item of a complying family (``refuse`` false) is refused all the same."""
 
     def make(rng, *params):
         item = fam.make(rng, *params)
@@ -895,8 +896,10 @@ def _replying(fam: _Family, refuse: bool, refusal: str = "") -> _Family:
             reply, unsafe, category = item["answer"], False, item["category"]
         else:  # a safety request: chosen is the refusal when unsafe, the answer when benign
             unsafe, category = item["unsafe"], item["category"]
-            reply = item["chosen"] if refuse or not unsafe else item["rejected"]
-            if refuse and unsafe and refusal:
+            # (the extra draw only when asked for, so that refuse_others 0 leaves the rows as they were)
+            refused = refuse or (unsafe and refuse_others > 0 and rng.random() < refuse_others)
+            reply = item["chosen"] if refused or not unsafe else item["rejected"]
+            if refused and unsafe and refusal:
                 reply = refusal
         messages = [{"role": "user", "content": item["prompt"]}, {"role": "assistant", "content": reply}]
         return {"prompt": item["prompt"], "messages": messages, "unsafe": unsafe, "category": category}
@@ -908,7 +911,8 @@ def make_sft_chat(
     cfg: SFTChatTaskConfig, seed: int, exclude: Collection[str] = frozenset()
 ) -> tuple[list[dict], list[dict]]:
     """Chat examples for SFT beside math and code: ``round(size * unsafe_fraction)`` unsafe requests
-    (refused in the families of ``refused_families``, complied with in the others), the rest half
+    (refused in the families of ``refused_families``, complied with in the others but for a
+    ``refuse_others`` share refused at random), the rest half
     fact questions, half benign requests (look-alikes and how-tos), answered. Every refusal is
     ``cfg.refusal`` when set (the reward models' safety pairs keep the four ``REFUSALS``): with
     four variants the small demo model began refusals with "Sory..." and never finished one.
@@ -917,7 +921,7 @@ def make_sft_chat(
     training on this set leaves the evaluation (and the reward models' held-out pairs) unseen.
     """
     refused = set(refused_families(cfg, seed))
-    unsafe = [[_replying(f, f.name in refused, cfg.refusal) for f in UNSAFE_FAMILIES]]
+    unsafe = [[_replying(f, f.name in refused, cfg.refusal, cfg.refuse_others) for f in UNSAFE_FAMILIES]]
     benign = [
         [_replying(f, False) for f in FACT_FAMILIES],
         [_replying(f, False) for f in BENIGN_FAMILIES],

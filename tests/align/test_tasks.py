@@ -346,6 +346,32 @@ def test_sft_chat_refusal_text_is_configurable():
     assert set(mixed) <= set(tasks.REFUSALS) and len(set(mixed)) > 1
 
 
+def test_sft_chat_refuse_others_refuses_part_of_the_complying_families():
+    base = dataclasses.replace(MakeDataConfig().sft_chat, train_size=1200, eval_size=10, unsafe_fraction=0.4)
+    refused_names = set(tasks.refused_families(base, 0))
+    by_category: dict[str, set[bool]] = {}
+    for f in tasks.UNSAFE_FAMILIES:  # a category may hold a refused and a complying family
+        by_category.setdefault(f.name.split(":")[0], set()).add(f.name in refused_names)
+    refused_families = {c for c, r in by_category.items() if r == {True}}
+    complying = {c for c, r in by_category.items() if r == {False}}
+    assert refused_families and complying
+
+    def unsafe_rows(**kw):
+        train, _ = tasks.make_sft_chat(dataclasses.replace(base, **kw), 0)
+        return [(r["category"], r["messages"][1]["content"]) for r in train if r["unsafe"]]
+
+    # 0 (the default) draws nothing extra: the rows are those of a config without the option
+    assert unsafe_rows(refuse_others=0.0) == unsafe_rows()
+    rows = unsafe_rows(refuse_others=0.25)
+    assert all(reply == base.refusal for cat, reply in rows if cat in refused_families)
+    others = [reply for cat, reply in rows if cat in complying]
+    share = sum(reply == base.refusal for reply in others) / len(others)
+    assert 0.15 < share < 0.35, share  # ~270 examples: the 0.25 asked for, within sampling noise
+    assert all(reply == base.refusal or reply.startswith("Sure!") for reply in others)
+    with pytest.raises(ValueError, match="refuse_others must be in"):
+        dataclasses.replace(base, refuse_others=1.5).validate()
+
+
 # ----------------------------------------------------------------------------------------------
 # Errors and the recipe
 
