@@ -127,11 +127,22 @@ class SafetyTaskConfig(PairTaskConfig):
         "the refusal (benign), so that the RM ranks a real refusal above text that merely avoids "
         "complying",
     )
+    offtopic_fraction: float = _f(
+        0.0,
+        "fraction of pairs whose rejected reply is the answer to another, benign request, so that the "
+        "RM ranks a refusal (unsafe) or the right answer (benign) above a fluent off-topic reply",
+    )
 
     def validate(self) -> None:
         super().validate()
-        if not 0.0 <= self.garbled_fraction <= 1.0:
-            raise ValueError(f"garbled_fraction must be in [0, 1], got {self.garbled_fraction}")
+        for name in ("garbled_fraction", "offtopic_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.garbled_fraction + self.offtopic_fraction > 1.0:
+            raise ValueError(
+                f"garbled_fraction + offtopic_fraction must be at most 1, got "
+                f"{self.garbled_fraction} + {self.offtopic_fraction}"
+            )
 
 
 @dataclass

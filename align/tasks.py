@@ -802,17 +802,33 @@ def _garble(rng: random.Random, text: str) -> str:
     return " ".join([first, *words] if first else words) + rng.choice((".", "", " a a a."))
 
 
-def _garbling(fam: _Family, fraction: float) -> _Family:
-    """``fam``'s pairs with a ``kind`` (``refuse/comply``, ``answer/refusal``), and in ``fraction``
-    of them the rejected reply replaced by soup (kind ``refuse/garbled``, ``answer/garbled``)."""
+def _offtopic(rng: random.Random, fam: _Family, prompt: str) -> str:
+    """The answer to a benign request of another family than ``fam``: fluent text that ignores
+    ``prompt``."""
+    others = [f for f in BENIGN_FAMILIES if f.name != fam.name] or BENIGN_FAMILIES
+    while True:
+        other = rng.choice(others)
+        item = other.item(rng.randrange(other.size), rng)
+        if item["prompt"] != prompt:
+            return item["chosen"]
+
+
+def _garbling(fam: _Family, fraction: float, offtopic: float = 0.0) -> _Family:
+    """``fam``'s pairs with a ``kind`` (``refuse/comply``, ``answer/refusal``); in ``fraction`` of
+    them the rejected reply is soup (kind ``refuse/garbled``, ``answer/garbled``), in ``offtopic``
+    of them another benign request's answer (``refuse/offtopic``, ``answer/offtopic``). Draws
+    nothing extra when both are 0, so the rows stay those of a config without them."""
 
     def make(rng, *params):
         item = fam.make(rng, *params)
-        garbled = fraction > 0 and rng.random() < fraction
-        if garbled:
-            item["rejected"] = _garble(rng, item["chosen"])
+        u = rng.random() if fraction > 0 or offtopic > 0 else 1.0
+        if u < fraction:
+            item["rejected"], bad = _garble(rng, item["chosen"]), "garbled"
+        elif u < fraction + offtopic:
+            item["rejected"], bad = _offtopic(rng, fam, item["prompt"]), "offtopic"
+        else:
+            bad = "comply" if item["unsafe"] else "refusal"
         good = "refuse" if item["unsafe"] else "answer"
-        bad = "garbled" if garbled else "comply" if item["unsafe"] else "refusal"
         return {**item, "kind": f"{good}/{bad}"}
 
     return dataclasses.replace(fam, make=make)
@@ -820,9 +836,10 @@ def _garbling(fam: _Family, fraction: float) -> _Family:
 
 def make_safety(cfg: SafetyTaskConfig, seed: int) -> tuple[list[dict], list[dict]]:
     """Half unsafe requests (refusal chosen, compliance rejected), half benign (answer over refusal);
-    in ``cfg.garbled_fraction`` of the pairs the rejected reply is letter soup instead."""
-    unsafe = [_garbling(f, cfg.garbled_fraction) for f in UNSAFE_FAMILIES]
-    benign = [_garbling(f, cfg.garbled_fraction) for f in BENIGN_FAMILIES]
+    in ``cfg.garbled_fraction`` of the pairs the rejected reply is letter soup instead, in
+    ``cfg.offtopic_fraction`` the answer to another benign request."""
+    unsafe = [_garbling(f, cfg.garbled_fraction, cfg.offtopic_fraction) for f in UNSAFE_FAMILIES]
+    benign = [_garbling(f, cfg.garbled_fraction, cfg.offtopic_fraction) for f in BENIGN_FAMILIES]
     parts = [
         ([unsafe], cfg.train_size // 2, cfg.eval_size // 2, "safety (the unsafe half)"),
         (

@@ -280,6 +280,29 @@ def test_safety_garbled_pairs():
     assert not [r for r in tasks.make_safety(SafetyTaskConfig(400, 0), 0)[0] if r["kind"].endswith("garbled")]
 
 
+def test_safety_offtopic_pairs():
+    cfg = SafetyTaskConfig(train_size=400, eval_size=0, garbled_fraction=0.2, offtopic_fraction=0.3)
+    train, _ = tasks.make_safety(cfg, 0)
+    kinds = [r["kind"].split("/")[1] for r in train]
+    assert (
+        0.2 < kinds.count("offtopic") / len(train) < 0.4 and 0.1 < kinds.count("garbled") / len(train) < 0.3
+    )
+    rng = random.Random(0)  # every benign request's answer
+    answers = {f.item(i, rng)["chosen"] for f in tasks.BENIGN_FAMILIES for i in range(f.size)}
+    for r in train:
+        if r["kind"].endswith("/offtopic"):
+            # a fluent answer to some other benign request, never this prompt's own answer
+            assert r["rejected"] in answers and r["rejected"] != r["chosen"], r
+            assert r["kind"] == ("refuse/offtopic" if r["unsafe"] else "answer/offtopic"), r
+    # garbled_fraction alone draws as before the option existed: the same rows
+    only = SafetyTaskConfig(train_size=400, eval_size=0, garbled_fraction=0.2)
+    assert tasks.make_safety(only, 0) == tasks.make_safety(
+        dataclasses.replace(only, offtopic_fraction=0.0), 0
+    )
+    with pytest.raises(ValueError, match="at most 1"):
+        SafetyTaskConfig(garbled_fraction=0.6, offtopic_fraction=0.5).validate()
+
+
 def test_chat_labels_and_unsafe_fraction(data):
     cfg = MakeDataConfig().chat
     for rows, size in zip(data["chat"], (cfg.train_size, cfg.eval_size)):
