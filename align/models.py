@@ -95,7 +95,7 @@ _COMMON: dict[str, Any] = {
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "deepseek_v2": {
-        # 0.37M params: tests.
+        # 0.47M params: tests.
         "tiny": {
             **_COMMON,
             **_DSV2_COMMON,
@@ -109,7 +109,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "n_routed_experts": 8,
             "num_experts_per_tok": 2,
         },
-        # 13.2M params, 6.4M active per token: demo and benchmarks.
+        # 13.6M params, 6.8M active per token: demo and benchmarks.
         "small": {
             **_COMMON,
             **_DSV2_COMMON,
@@ -125,7 +125,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
     "qwen2": {
-        # 0.46M params. vLLM's CPU attention supports head_dim in {32, 64, 80, ...}: here 32.
+        # 0.66M params. vLLM's CPU attention supports head_dim in {32, 64, 80, ...}: here 32.
         "tiny": {
             **_COMMON,
             "hidden_size": 128,
@@ -134,7 +134,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "num_key_value_heads": 2,
             "intermediate_size": 384,
         },
-        # 17.2M params, head_dim 64.
+        # 18.0M params, head_dim 64.
         "small": {
             **_COMMON,
             "hidden_size": 512,
@@ -162,7 +162,8 @@ def train_merges(n: int = VOCAB_SIZE - MERGES_OFFSET) -> list[tuple[str, str]]:
     """Fit ``n`` BPE merges (tokenizers' ``BpeTrainer``) to the text of every task that
     ``align.tasks.generate`` makes with the default ``MakeDataConfig`` (the training splits' prompts,
     replies, solutions and code; not the soup of rejected replies nor code tests' random strings).
-    Deterministic: the trainer breaks ties by pair, not by hash order."""
+    The same text gives the same merges (checked in one process by the tests, and across three
+    processes by hand when the file was written)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     from align.configs import MakeDataConfig

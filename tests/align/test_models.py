@@ -210,7 +210,7 @@ def test_recipe_builds_a_model(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "qwen2/tiny: 461,696 parameters" in proc.stdout and str(out) in proc.stdout
+    assert "qwen2/tiny: 656,512 parameters" in proc.stdout and str(out) in proc.stdout
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
 
 

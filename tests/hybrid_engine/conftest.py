@@ -1,7 +1,7 @@
 """Hybrid-engine fixtures: level-1 math prompts and a tiny DeepSeek-V2 taught them by a short SFT.
 
 The SFT is a plain loop (assistant tokens only, AdamW, warmup + cosine, clipping) rather than
-recipes/sft.py, to keep the session short: a few hundred steps of batch 32 on 0.37M parameters.
+recipes/sft.py, to keep the session short: a few hundred steps of batch 32 on 0.47M parameters.
 """
 
 from __future__ import annotations

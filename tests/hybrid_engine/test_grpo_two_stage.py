@@ -58,11 +58,13 @@ def write_config(inputs: dict[str, Path], out: Path, path: Path) -> Path:
     s1, s2 = cfg["stages"]
     s1["data"]["train"] = [str(data / "math/train.jsonl"), str(data / "code/train.jsonl")]
     s1["steps"] = STAGE1_STEPS
-    # A length rule as well, so that stage 1 trains even when the random model solves nothing.
+    # A length rule as well, so that stage 1 trains even when the random model solves nothing. Its
+    # random 24-token completions are ~50-100 chars (BPE tokens of 1-8 chars, EOS rare): over 64
+    # chars the penalty grows with the length, so the rewards of a group differ.
     s1["rewards"]["rule"] = {
         "spec": "rule",
         "weight": 0.5,
-        "options": {"weights": {"length": 1.0}, "length": {"min_chars": 1, "max_chars": 8}},
+        "options": {"weights": {"length": 1.0}, "length": {"min_chars": 1, "max_chars": 64}},
     }
     s2["data"]["train"] = [str(data / "chat/train.jsonl")]
     s2["rewards"]["helpful"]["spec"] = s2["rewards"]["safety"]["spec"] = str(inputs["rm"])
