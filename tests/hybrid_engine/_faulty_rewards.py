@@ -1,7 +1,8 @@
 """Rewards that fail on purpose, loaded by file spec in the two-stage recipe tests.
 
 ``flaky``: for a fixed share of samples (chosen by a hash of prompt and completion, so the same
-sample always fails the same way) it raises (10%), returns NaN (5%) or hangs (2%); otherwise it
+sample always fails the same way) it raises (10%), returns NaN (5%) or hangs (5%: at 2% the 64 samples of the tests' run drew no
+hang once the tokenizer changed); otherwise it
 scores the completion's length. ``broken``: raises on every sample. ``slow_marked``: announces its
 process in a file, then scores slowly (killed mid-call by the reward-actor tests).
 """
@@ -25,7 +26,7 @@ def flaky(prompts, completions, **columns):
             raise ValueError("flaky reward: failing on purpose")
         if b < 15:
             out.append(float("nan"))
-        elif b < 17:
+        elif b < 20:
             time.sleep(3600)  # hangs: the per-call deadline abandons it
         else:
             out.append(-min(len(c), 40) / 40)

@@ -440,7 +440,7 @@ def _one_reward_stage1(cfg_path: Path, fn: str, max_error_frac: float) -> None:
 
 
 def test_reward_faults_are_counted_and_too_many_stop_the_run_after_a_checkpoint(inputs, tmp_path):
-    # 10% raise, 5% NaN, 2% hang: the run completes and the metrics show the fractions.
+    # 10% raise, 5% NaN, 5% hang: the run completes and the metrics show the fractions.
     out = tmp_path / "flaky"
     cfg = write_config(inputs, out, tmp_path / "flaky.yaml")
     _one_reward_stage1(cfg, "flaky", max_error_frac=0.5)
