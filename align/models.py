@@ -167,13 +167,13 @@ def train_merges(n: int = VOCAB_SIZE - MERGES_OFFSET) -> list[tuple[str, str]]:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     from align.configs import MakeDataConfig
-    from align.tasks import generate, strings_of
+    from align.tasks import generate, trusted_texts
 
     corpus = [
         text
         for train, _ in generate(MakeDataConfig()).values()
         for row in train
-        for text in strings_of({k: v for k, v in row.items() if k not in ("rejected", "tests")})
+        for text in trusted_texts(row)
     ]
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = _pre_tokenizer()

@@ -1002,6 +1002,13 @@ def strings_of(value: object) -> Iterator[str]:
             yield from strings_of(v)
 
 
+def trusted_texts(row: dict) -> Iterator[str]:
+    """The strings of ``row`` except the rejected reply of a preference pair (which may be soup, see
+    ``SafetyTaskConfig.garbled_fraction``) and the code tests (whose string arguments are random
+    letters): the text the lexicon and the tokenizer's merges are made from."""
+    return strings_of({k: v for k, v in row.items() if k not in ("rejected", "tests")})
+
+
 def lexicon(rows: Iterable[dict]) -> list[str]:
     """The sorted words (runs of letters, lower-cased) of every text in ``rows`` except the rejected
     replies of preference pairs (which may be soup, see ``SafetyTaskConfig.garbled_fraction``) and the
@@ -1009,7 +1016,7 @@ def lexicon(rows: Iterable[dict]) -> list[str]:
     reward for this data."""
     words = set()
     for row in rows:
-        for text in strings_of({k: v for k, v in row.items() if k not in ("rejected", "tests")}):
+        for text in trusted_texts(row):
             words.update(words_of(text))
     return sorted(words)
 
