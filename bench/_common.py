@@ -44,10 +44,26 @@ def sft_model(
 ) -> Path:
     """The DeepSeek-V2 ``preset`` taught level-1 worked solutions by a plain SFT loop (assistant
     tokens only, AdamW, warmup + cosine, clipping), the loop of tests/hybrid_engine/conftest.py's
-    ``sft_tiny`` for any preset. Cached: an existing ``out_dir`` with ``sft.json`` is reused."""
+    ``sft_tiny`` for any preset. Cached: an existing ``out_dir`` whose ``sft.json`` records the same
+    settings and the current tokenizer (the md5 of ``align/tokenizer_merges.txt``) is reused; a model
+    trained with another tokenizer is rebuilt, not silently benchmarked."""
+    import hashlib
+
+    from align.models import MERGES_FILE
+
+    tokenizer_md5 = hashlib.md5(MERGES_FILE.read_bytes()).hexdigest()
     done = out_dir / "sft.json"
     if done.is_file():
-        return out_dir
+        info = json.loads(done.read_text())
+        same = {k: info.get(k) for k in ("preset", "steps", "seed")} == {
+            "preset": preset,
+            "steps": steps,
+            "seed": seed,
+        }
+        if same and info.get("tokenizer_md5") == tokenizer_md5:
+            return out_dir
+        print(f"{out_dir}: cached SFT model of another tokenizer or settings; training it again", flush=True)
+        done.unlink()
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -98,6 +114,7 @@ def sft_model(
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     info = {"preset": preset, "steps": steps, "lr": lr, "batch": batch, "seed": seed, "final_loss": loss}
+    info["tokenizer_md5"] = tokenizer_md5
     info["seconds"] = round(time.perf_counter() - start, 1)
     done.write_text(json.dumps(info, indent=2))
     return out_dir
