@@ -170,13 +170,14 @@ def code_reward(
         jobs = [
             (i, sol, t) for i, row in enumerate(rows) if row and row[0] for sol in [row[0]] for t in row[1]
         ]
+        # A group's completions often repeat one another: each distinct (program, test) runs once.
+        unique = list(dict.fromkeys((sol, t) for _, sol, t in jobs))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="code") as ex:
-            passed = list(
-                ex.map(lambda j: run_test(j[1], j[2], timeout_s=timeout_s, memory_mb=memory_mb), jobs)
-            )
+            ran = ex.map(lambda j: run_test(j[0], j[1], timeout_s=timeout_s, memory_mb=memory_mb), unique)
+            passed = dict(zip(unique, ran))
         counts = [0] * len(rows)
-        for (i, _, _), ok in zip(jobs, passed):
-            counts[i] += ok
+        for i, sol, t in jobs:
+            counts[i] += passed[(sol, t)]
         out: list[float | None] = []
         for row, k in zip(rows, counts):
             if row is None:

@@ -30,6 +30,26 @@ def test_pass_partial_and_all_or_nothing(code):
     assert strict(["q"] * 2, [good, good], tests=[TESTS, TESTS[:2]]) == [0.0, 1.0]
 
 
+def test_repeated_programs_run_once(code, monkeypatch):
+    """A group's identical completions share one sandbox run per (program, test), scored the same."""
+    from rewards import code_tests
+
+    calls = []
+    real = code_tests.run_test
+
+    def counting(solution, test, **kw):
+        calls.append((solution, test))
+        return real(solution, test, **kw)
+
+    monkeypatch.setattr(code_tests, "run_test", counting)
+    good = fenced("def add(a, b):\n    return a + b")
+    other = "Same program, other words around it:\n" + fenced("def add(a, b):\n    return a + b")
+    third = fenced("def add(a, b):\n    return a + b if a > 0 else 1")
+    got = code(["q"] * 5, [good, good, third, good, other], tests=[TESTS] * 4 + [TESTS[:2]])
+    assert got == [pytest.approx(2 / 3)] * 2 + [pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0]
+    assert len(calls) == len(set(calls)) == 2 * len(TESTS)  # two distinct programs x three tests
+
+
 def test_no_code_or_no_tests(code):
     comps = [fenced("echo hi", tag="bash"), fenced("def add(a, b): return a + b"), "```python\n```"]
     assert code(["q"] * 3, comps, tests=[TESTS, None, TESTS]) == [0.0, None, 0.0]
