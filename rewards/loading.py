@@ -25,6 +25,7 @@ BUILTINS: dict[str, str] = {
     "repetition": "rewards.rules:repetition_reward",
     "language": "rewards.rules:language_reward",
     "lexicon": "rewards.rules:lexicon_reward",
+    "entry_point": "rewards.rules:entry_point_reward",
     "rule": "rewards.rules:rule_reward",
 }
 
@@ -39,7 +40,7 @@ def load(spec: str | Callable, **options: Any) -> Callable:
     Spec kinds, tried in this order:
 
     - a built-in name: ``math``, ``code``, ``format``, ``length``, ``repetition``, ``language``,
-      ``lexicon``, ``rule``;
+      ``lexicon``, ``entry_point``, ``rule``;
     - a name registered by an installed package in the entry-point group ``align.rewards``
       (built-in names cannot be overridden);
     - a file ``path/to/file.py:fn``;

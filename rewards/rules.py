@@ -1,10 +1,11 @@
 """Rule rewards (DeepSeek-V2's RM_rule): answer format, length window, n-gram repetition, language
-consistency, known words (lexicon), and `rule`, a weighted set of them. Each function here is a
+consistency, known words (lexicon), the code task's function defined (entry_point), and `rule`, a weighted set of them. Each function here is a
 factory: its keyword options are those of ``rewards.load(name, **options)`` and it returns the reward
 callable."""
 
 from __future__ import annotations
 
+import ast
 import collections
 import re
 import unicodedata
@@ -181,19 +182,60 @@ def lexicon_reward(path: str | None = None, words: list[str] | None = None) -> R
     return lexicon
 
 
+def _defines(code: str, name: str) -> bool:
+    """True when ``code`` parses and binds ``name`` at its top level (a def, class or assignment)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return True
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return True
+    return False
+
+
+def entry_point_reward(column: str = "entry_point") -> Reward:
+    """Partial credit on code tasks: 1.0 when the completion's code (its last Python block, as the
+    ``code`` reward takes it) parses and defines the name in the row's ``column`` (the function the
+    tests call), else 0.0; None for rows without that column (math rows in a mixed batch). A policy
+    that misspells the function's name fails every test, whatever its body: this separates it from
+    one that gets the name right."""
+    from rewards.code_tests import extract_code
+
+    def entry_point(prompts: list, completions: list, **columns) -> list[float | None]:
+        names = columns.get(column)
+        if names is None:
+            return [None] * len(completions)
+        out: list[float | None] = []
+        for c, name in zip(completions, names, strict=True):
+            if not name:
+                out.append(None)
+                continue
+            code = extract_code(completion_text(c))
+            out.append(1.0 if code and _defines(code, str(name)) else 0.0)
+        return out
+
+    return entry_point
+
+
 RULES = {
     "format": format_reward,
     "length": length_reward,
     "repetition": repetition_reward,
     "language": language_reward,
     "lexicon": lexicon_reward,
+    "entry_point": entry_point_reward,
 }
 DEFAULT_RULE_WEIGHTS = {"format": 1.0, "length": 1.0, "repetition": 1.0}
 
 
 def rule_reward(weights: dict[str, float] | None = None, **options: dict) -> Reward:
     """A weighted sum of rule rewards: ``weights`` maps rule names (format, length, repetition,
-    language, lexicon) to weights (default ``DEFAULT_RULE_WEIGHTS``); ``options`` give each rule's
+    language, lexicon, entry_point) to weights (default ``DEFAULT_RULE_WEIGHTS``); ``options`` give each rule's
     options, e.g. ``load("rule", weights={"format": 1, "length": 0.5}, length={"max_chars": 800})``. A rule that is
     None for a sample contributes nothing; a sample where every rule is None gets None."""
     weights = dict(DEFAULT_RULE_WEIGHTS if weights is None else weights)

@@ -97,3 +97,20 @@ def test_lexicon_errors_name_the_file(tmp_path):
     (tmp_path / "empty.txt").write_text("# nothing\n\n")
     with pytest.raises(ValueError, match=r"empty\.txt: no words"):
         load("lexicon", path=str(tmp_path / "empty.txt"))
+
+
+def test_entry_point_by_hand():
+    ep = load("entry_point")
+    comps = [
+        "```python\ndef count_l(s):\n    return s.count('l')\n```",  # defines it
+        "```python\ndef count_g(s):\n    return s.count('l')\n```",  # another name
+        "```python\ndef count_l(s):\n    return s.count('l'\n```",  # does not parse
+        "count_l = lambda s: s.count('l')",  # raw code, an assignment
+        "```python\nif True:\n    def count_l(s): return 0\n```",  # not at the top level
+        "The answer is 7.",  # a math completion, no entry point in its row
+    ]
+    names = ["count_l"] * 5 + [None]
+    assert ep([""] * 6, comps, entry_point=names) == [1.0, 0.0, 0.0, 1.0, 0.0, None]
+    assert ep([""], ["x"]) == [None]  # no entry_point column at all
+    rule = load("rule", weights={"entry_point": 0.5})
+    assert rule([""] * 2, comps[:2], entry_point=["count_l"] * 2) == [0.5, 0.0]
