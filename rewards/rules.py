@@ -1,7 +1,7 @@
 """Rule rewards (DeepSeek-V2's RM_rule): answer format, length window, n-gram repetition, language
-consistency, known words (lexicon), the code task's function defined (entry_point), and `rule`, a weighted set of them. Each function here is a
-factory: its keyword options are those of ``rewards.load(name, **options)`` and it returns the reward
-callable."""
+consistency, known words (lexicon), the code task's function defined (entry_point), and `rule`, a
+weighted set of them. Each function here is a factory: its keyword options are those of
+``rewards.load(name, **options)`` and it returns the reward callable."""
 
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def _defines(code: str, name: str) -> bool:
     """True when ``code`` parses and binds ``name`` at its top level (a def, class or assignment)."""
     try:
         tree = ast.parse(code)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # deep nesting: RecursionError
         return False
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
@@ -235,8 +235,8 @@ DEFAULT_RULE_WEIGHTS = {"format": 1.0, "length": 1.0, "repetition": 1.0}
 
 def rule_reward(weights: dict[str, float] | None = None, **options: dict) -> Reward:
     """A weighted sum of rule rewards: ``weights`` maps rule names (format, length, repetition,
-    language, lexicon, entry_point) to weights (default ``DEFAULT_RULE_WEIGHTS``); ``options`` give each rule's
-    options, e.g. ``load("rule", weights={"format": 1, "length": 0.5}, length={"max_chars": 800})``. A rule that is
+    language, lexicon, entry_point) to weights (default ``DEFAULT_RULE_WEIGHTS``); ``options`` give
+    each rule's options, e.g. ``load("rule", weights={"format": 1, "length": 0.5}, length={"max_chars": 800})``. A rule that is
     None for a sample contributes nothing; a sample where every rule is None gets None."""
     weights = dict(DEFAULT_RULE_WEIGHTS if weights is None else weights)
     unknown = (set(weights) | set(options)) - set(RULES)
