@@ -51,16 +51,12 @@ def sft_model(
 
     from align.models import MERGES_FILE
 
-    tokenizer_md5 = hashlib.md5(MERGES_FILE.read_bytes()).hexdigest()
+    key = {"preset": preset, "steps": steps, "seed": seed}
+    key["tokenizer_md5"] = hashlib.md5(MERGES_FILE.read_bytes()).hexdigest()
     done = out_dir / "sft.json"
     if done.is_file():
         info = json.loads(done.read_text())
-        same = {k: info.get(k) for k in ("preset", "steps", "seed")} == {
-            "preset": preset,
-            "steps": steps,
-            "seed": seed,
-        }
-        if same and info.get("tokenizer_md5") == tokenizer_md5:
+        if all(info.get(k) == v for k, v in key.items()):
             return out_dir
         print(f"{out_dir}: cached SFT model of another tokenizer or settings; training it again", flush=True)
         done.unlink()
@@ -113,8 +109,7 @@ def sft_model(
         opt.zero_grad()
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    info = {"preset": preset, "steps": steps, "lr": lr, "batch": batch, "seed": seed, "final_loss": loss}
-    info["tokenizer_md5"] = tokenizer_md5
+    info = {**key, "lr": lr, "batch": batch, "final_loss": loss}
     info["seconds"] = round(time.perf_counter() - start, 1)
     done.write_text(json.dumps(info, indent=2))
     return out_dir

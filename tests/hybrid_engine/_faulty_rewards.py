@@ -1,9 +1,9 @@
 """Rewards that fail on purpose, loaded by file spec in the two-stage recipe tests.
 
 ``flaky``: for a fixed share of samples (chosen by a hash of prompt and completion, so the same
-sample always fails the same way) it raises (10%), returns NaN (5%) or hangs (5%: at 2% the 64 samples of the tests' run drew no
-hang once the tokenizer changed); otherwise it
-scores the completion's length. ``broken``: raises on every sample. ``slow_marked``: announces its
+sample always fails the same way) it raises (10%), returns NaN (5%) or hangs (5%: at 2% the 64
+samples of the tests' run drew no hang once the tokenizer changed); otherwise it scores the
+completion's length. ``broken``: raises on every sample. ``slow_marked``: announces its
 process in a file, then scores slowly (killed mid-call by the reward-actor tests).
 """
 
