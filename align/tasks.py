@@ -73,6 +73,9 @@ class _Family:
         return self.make(rng, *reversed(params))
 
 
+EVAL_SHARE = 4  # a family holds out at most 1/EVAL_SHARE of its prompts (see _split)
+
+
 def _allocate(n: int, capacities: Sequence[int]) -> list[int]:
     """Split ``n`` as evenly as the capacities allow (water-filling); the caller checks the total."""
     alloc = [0] * len(capacities)
@@ -131,8 +134,9 @@ def _split(
     """(train, eval) items: each part's rows balanced over its groups, then over their families.
 
     Within a family, eval takes the first rows of a seeded permutation of its space and train the
-    next ones, so the splits never share a prompt and eval does not change with train_size. Items
-    whose prompt is in ``exclude`` (another task's held-out prompts) are passed over.
+    next ones, so the splits never share a prompt and eval does not change with train_size. A family
+    gives eval at most 1/``EVAL_SHARE`` of its prompts. Items whose prompt is in ``exclude`` (another
+    task's held-out prompts) are passed over.
     """
     train, held_out = [], []
     for p, (groups, n_train, n_eval, what) in enumerate(parts):
@@ -140,16 +144,26 @@ def _split(
             raise ValueError(f"{what}: sizes must be >= 0, got train={n_train} eval={n_eval}")
         fam_caps = [[_capacity(f, exclude) for f in g] for g in groups]
         caps = [sum(c) for c in fam_caps]
+        # A family lends at most a quarter of its prompts to eval (at least 1): a balanced eval
+        # would otherwise hold out most of a small family (3 of the 4 "x to the power of k" tasks)
+        # and test it on prompts the training split barely has.
+        eval_caps = [[max(1, c // EVAL_SHARE) if c else 0 for c in fc] for fc in fam_caps]
+        key = what.split()[0]
         if n_train + n_eval > sum(caps):
-            key = what.split()[0]
             raise TaskSizeError(
                 f"{what}: {n_train + n_eval} distinct prompts asked for, but the templates can make only "
                 f"{sum(caps)}; lower {key}.train_size or {key}.eval_size"
             )
-        eval_alloc = _allocate(n_eval, caps)
+        if n_eval > sum(map(sum, eval_caps)):
+            raise TaskSizeError(
+                f"{what}: {n_eval} held-out prompts asked for, but at most 1/{EVAL_SHARE} of each "
+                f"template family's prompts are held out ({sum(map(sum, eval_caps))} in all); lower "
+                f"{key}.eval_size"
+            )
+        eval_alloc = _allocate(n_eval, [sum(c) for c in eval_caps])
         train_alloc = _allocate(n_train, [c - e for c, e in zip(caps, eval_alloc)])
         for g, (group, sizes, e, t) in enumerate(zip(groups, fam_caps, eval_alloc, train_alloc)):
-            fam_eval = _allocate(e, sizes)
+            fam_eval = _allocate(e, eval_caps[g])
             fam_train = _allocate(t, [s - x for s, x in zip(sizes, fam_eval)])
             for i, (fam, ne, nt) in enumerate(zip(group, fam_eval, fam_train)):
                 order_rng = _rng(task, seed, p, g, i, "order")

@@ -399,6 +399,28 @@ def test_sft_chat_refuse_others_refuses_part_of_the_complying_families():
 # Errors and the recipe
 
 
+def test_a_family_holds_out_at_most_a_quarter_of_its_prompts():
+    families = tasks.CODE_FAMILIES
+    train, held_out = tasks._split("code", 0, [([families], 300, 50, "code")])
+    assert len(held_out) == 50
+    for fam in families:
+        prompts = {fam.item(j, random.Random(0))["prompt"] for j in range(fam.size)}
+        n_eval = sum(r["prompt"] in prompts for r in held_out)
+        assert n_eval <= max(1, fam.size // tasks.EVAL_SHARE), (fam.name, n_eval, fam.size)
+        assert n_eval >= 1, fam.name  # every family is still tested
+    power = next(f for f in families if f.name == "power")  # 4 prompts: 1 held out, 3 trained on
+    assert sum(r["prompt"].startswith("Write a function pow_") for r in held_out) == 1
+    assert sum(r["prompt"].startswith("Write a function pow_") for r in train) == power.size - 1
+
+
+def test_an_eval_size_beyond_the_families_share_is_a_clear_error(tmp_path):
+    cfg = _cfg(code={"train_size": 10, "eval_size": 200})
+    with pytest.raises(tasks.TaskSizeError, match=re.escape("code: 200 held-out prompts asked for")) as info:
+        tasks.write_tasks(cfg, tmp_path)
+    assert "lower code.eval_size" in str(info.value)
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize(
     "section, sizes, message",
     [
