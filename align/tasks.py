@@ -34,7 +34,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "code": ("prompt", "entry_point", "tests", "solution", "messages"),
     "helpful": ("prompt", "chosen", "rejected", "kind"),
     "safety": ("prompt", "chosen", "rejected", "unsafe", "category", "kind"),
-    "chat": ("prompt", "unsafe", "category"),
+    "chat": ("prompt", "unsafe", "category", "answer"),  # answer: math prompts only, else null
     "sft_chat": ("prompt", "messages", "unsafe", "category"),
 }
 
@@ -882,7 +882,14 @@ def make_safety(cfg: SafetyTaskConfig, seed: int) -> tuple[list[dict], list[dict
 def _labelled(fam: _Family, category: str | None, unsafe: bool) -> _Family:
     def make(rng, *params):
         item = fam.make(rng, *params)
-        return {"prompt": item["prompt"], "unsafe": unsafe, "category": category or item["category"]}
+        # math prompts keep their label (as _math_row writes it): a math check beside the reward models
+        answer = str(item["steps"][-1][1]) if category == "math" else None
+        return {
+            "prompt": item["prompt"],
+            "unsafe": unsafe,
+            "category": category or item["category"],
+            "answer": answer,
+        }
 
     return dataclasses.replace(fam, make=make)
 

@@ -315,6 +315,26 @@ def test_chat_labels_and_unsafe_fraction(data):
     assert all(r["unsafe"] for split in all_unsafe for r in split)
 
 
+def test_chat_math_prompts_carry_their_answer(data):
+    """Stage 2 can check math prompts against their label (the math reward) beside the RMs."""
+    math_reward = load("math")
+    rows = [r for split in data["chat"] for r in split]
+    math_rows = [r for r in rows if r["category"] == "math"]
+    assert math_rows and all(r["answer"] is None for r in rows if r["category"] != "math")
+    # the label is the one the math task gives the same item
+    for fam in tasks.ALL_MATH:
+        for j in range(min(fam.size, 5)):
+            row = tasks._labelled(fam, "math", False).item(j, random.Random(j))
+            assert row["answer"] == tasks._math_row(fam.item(j, random.Random(j)))["answer"], row
+    right = [f"\\boxed{{{r['answer']}}}" for r in math_rows[:4]]
+    wrong = [f"\\boxed{{{int(r['answer']) + 1}}}" for r in math_rows[:4]]
+    prompts = [r["prompt"] for r in math_rows[:4]]
+    assert (
+        math_reward(prompts * 2, right + wrong, answer=[r["answer"] for r in math_rows[:4]] * 2)
+        == [1.0] * 4 + [0.0] * 4
+    )
+
+
 def test_held_out_fact_knowledge_is_in_training(data):
     """A held-out fact pair about a capital, an animal's legs or the day after another has its answer
     in a training pair too (asked in other words), so a reward model can learn it; the prompts still
