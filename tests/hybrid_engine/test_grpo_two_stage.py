@@ -111,7 +111,9 @@ def check_finished_run(out: Path) -> None:
     assert all(f"reward/{k}/error_frac" in r for r in stage1 for k in ("math", "code"))
     assert any("reward/math/mean" in r for r in stage1) and any("reward/code/mean" in r for r in stage1)
     assert all(f"reward/{k}/mean" in r for r in stage2 for k in ("helpful", "safety", "rule"))
-    assert not any(f"reward/{k}/mean" in r for r in stage2 for k in ("math", "code"))
+    # stage 2's math check scores the chat data's math prompts (None on the others); no code rewards
+    assert all("reward/math/error_frac" in r for r in stage2)
+    assert not any(f"reward/{k}/error_frac" in r for r in stage2 for k in ("code", "code_name"))
     # reset_reference: stage 2's KL restarts from its own start (stage 1 had moved away from the first)
     assert stage1[-1]["train/kl"] > 1e-5 and abs(stage2[0]["train/kl"]) < 1e-6, (stage1[-1], stage2[0])
     keys = {"math_acc", "code_pass", "helpful_rm", "safety_rm", "unsafe_refusal_rate", "benign_refusal_rate"}
