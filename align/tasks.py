@@ -148,19 +148,20 @@ def _split(
         # would otherwise hold out most of a small family (3 of the 4 "x to the power of k" tasks)
         # and test it on prompts the training split barely has.
         eval_caps = [[max(1, c // EVAL_SHARE) if c else 0 for c in fc] for fc in fam_caps]
+        eval_group_caps = [sum(c) for c in eval_caps]
         key = what.split()[0]
         if n_train + n_eval > sum(caps):
             raise TaskSizeError(
                 f"{what}: {n_train + n_eval} distinct prompts asked for, but the templates can make only "
                 f"{sum(caps)}; lower {key}.train_size or {key}.eval_size"
             )
-        if n_eval > sum(map(sum, eval_caps)):
+        if n_eval > sum(eval_group_caps):
             raise TaskSizeError(
                 f"{what}: {n_eval} held-out prompts asked for, but at most 1/{EVAL_SHARE} of each "
-                f"template family's prompts are held out ({sum(map(sum, eval_caps))} in all); lower "
+                f"template family's prompts are held out ({sum(eval_group_caps)} in all); lower "
                 f"{key}.eval_size"
             )
-        eval_alloc = _allocate(n_eval, [sum(c) for c in eval_caps])
+        eval_alloc = _allocate(n_eval, eval_group_caps)
         train_alloc = _allocate(n_train, [c - e for c, e in zip(caps, eval_alloc)])
         for g, (group, sizes, e, t) in enumerate(zip(groups, fam_caps, eval_alloc, train_alloc)):
             fam_eval = _allocate(e, eval_caps[g])
@@ -255,10 +256,15 @@ def math_solution(steps: list[tuple[str, int]]) -> str:
     return " ".join(f"{expr}={value}." for expr, value in steps) + f" \\boxed{{{steps[-1][1]}}}"
 
 
+def math_answer(item: dict) -> str:
+    """The label of a math item: the value of its last step."""
+    return str(item["steps"][-1][1])
+
+
 def _math_row(item: dict) -> dict:
     solution = math_solution(item["steps"])
     messages = [{"role": "user", "content": item["prompt"]}, {"role": "assistant", "content": solution}]
-    return {**item, "answer": str(item["steps"][-1][1]), "solution": solution, "messages": messages}
+    return {**item, "answer": math_answer(item), "solution": solution, "messages": messages}
 
 
 def make_math(cfg: MathTaskConfig, seed: int) -> tuple[list[dict], list[dict]]:
@@ -882,8 +888,8 @@ def make_safety(cfg: SafetyTaskConfig, seed: int) -> tuple[list[dict], list[dict
 def _labelled(fam: _Family, category: str | None, unsafe: bool) -> _Family:
     def make(rng, *params):
         item = fam.make(rng, *params)
-        # math prompts keep their label (as _math_row writes it): a math check beside the reward models
-        answer = str(item["steps"][-1][1]) if category == "math" else None
+        # math prompts keep their label: a math check beside the reward models in stage 2
+        answer = math_answer(item) if category == "math" else None
         return {
             "prompt": item["prompt"],
             "unsafe": unsafe,
