@@ -380,11 +380,15 @@ class TrainerConfig:
     num_workers: int = _f(1, "FSDP2 ranks (Ray actors; gloo on CPU, NCCL on GPU)")
     lr: float = _f(1e-6, "peak learning rate (AdamW)")
     micro_batch_size: int = _f(8, "sequences per forward/backward; gradients accumulate over a rank's shard")
-    batching: Literal["padded", "padding_free"] = _f(
-        "padded",
-        "padded: right-padded rows; padding_free: a micro-batch is one packed row (no padding, but the "
-        "attention spans the whole row unless a varlen kernel such as flash-attention is used: on CPU "
-        "it is slower); either way micro-batches group sequences of similar length",
+    batching: Literal["padded", "padding_free", "shared_prefix"] = _f(
+        "shared_prefix",
+        "shared_prefix: one row per prompt, the prompt once and then each of its completions, with a "
+        "4D attention mask so a completion sees only the prompt and itself (the group's prompt is "
+        "computed once, not group_size times; needs sdpa or eager attention, not flash-attention); "
+        "padded: right-padded rows, one per sequence; padding_free: a micro-batch is one packed row "
+        "(no padding, but the attention spans the whole row unless a varlen kernel such as "
+        "flash-attention is used: on CPU it is slower); micro-batches group sequences of similar "
+        "length (shared_prefix: whole prompts)",
     )
     max_grad_norm: float = _f(1.0, "gradient clipping norm; 0 = no clipping (the norm is still logged)")
     warmup_steps: int = _f(0, "linear LR warmup, in optimizer steps")

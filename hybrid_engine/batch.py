@@ -107,16 +107,29 @@ class GRPOBatch:
             ref_logp_BT=take(self.ref_logp_BT, t_width),
         )
 
-    def shard(self, parts: int) -> tuple[list[GRPOBatch], list[list[int]]]:
+    def shard(self, parts: int, by_prompt: bool = False) -> tuple[list[GRPOBatch], list[list[int]]]:
         """Split into ``parts`` equal-size shards with similar token counts (sequences sorted by
         length and dealt out in a snake order), one per trainer rank. Every rank then runs the same
         number of micro-batches, which FSDP's collectives need. Returns the shards and the
-        indices each took."""
+        indices each took.
+
+        ``by_prompt`` (for ``shared_prefix`` batching) deals whole prompts instead -- the sequences
+        of one prompt stay on one rank, so its tokens are computed once -- when every prompt has
+        the same number of sequences and the prompts split evenly over the ranks; otherwise it
+        deals sequences as above."""
         if len(self) % parts:
             raise ValueError(f"{len(self)} sequences do not split evenly over {parts} ranks")
-        order = sorted(range(len(self)), key=lambda i: (-int(self.lengths_B[i]), i))
+        lengths = self.lengths_B.tolist()
+        units: list[list[int]] = [[i] for i in range(len(self))]
+        if by_prompt:
+            from align.grpo_trainer import prompt_groups
+
+            groups = prompt_groups(self.prompts())
+            if len({len(g) for g in groups}) == 1 and len(groups) % parts == 0:
+                units = groups
+        units.sort(key=lambda ix: (-sum(lengths[i] for i in ix), ix[0]))
         index: list[list[int]] = [[] for _ in range(parts)]
-        for k, i in enumerate(order):
+        for k, unit in enumerate(units):
             lap, pos = divmod(k, parts)
-            index[pos if lap % 2 == 0 else parts - 1 - pos].append(i)
+            index[pos if lap % 2 == 0 else parts - 1 - pos].extend(unit)
         return [self.select(ix) for ix in index], index

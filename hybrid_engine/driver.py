@@ -356,7 +356,7 @@ class GRPODriver:
             adv_B,
             [c.logprobs for c in completions],
         )
-        shards, _ = batch.shard(len(self.trainer))
+        shards, _ = batch.shard(len(self.trainer), by_prompt=cfg.trainer.batching == "shared_prefix")
         if self.offload:
             with timer("sleep"):
                 self.rollout.sleep()

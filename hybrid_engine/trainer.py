@@ -216,8 +216,10 @@ class TrainerWorker:
     # Log-probs ----------------------------------------------------------------------------------
 
     def _micro_batches(self, batch: GRPOBatch) -> list[list[int]]:
-        from align.grpo_trainer import length_grouped
+        from align.grpo_trainer import length_grouped, prompt_grouped
 
+        if self.cfg.batching == "shared_prefix":
+            return prompt_grouped(batch.prompts(), batch.lengths_B.tolist(), self.cfg.micro_batch_size)
         return length_grouped(batch.lengths_B.tolist(), self.cfg.micro_batch_size)
 
     def _logprobs(self, model: torch.nn.Module, micro: GRPOBatch, entropy: bool = False):

@@ -21,6 +21,7 @@ from align.grpo_trainer import (
     merge_lora,
     micro_loss_weight,
     pack,
+    prompt_grouped,
 )
 from align.models import make_tiny_model
 from hybrid_engine.batch import GRPOBatch
@@ -83,6 +84,76 @@ def test_logprobs_padded_and_padding_free_equal_one_sequence_at_a_time(tiny):
     assert mask.sum(1).tolist() == [4, 1, 7, 3] and (free * (1 - mask)).abs().sum() == 0
 
 
+def test_pack_shared_prefix_puts_each_prompt_once_and_masks_the_other_completions():
+    packed = pack([[1, 2], [3], [1, 2]], [[4, 5], [6], [7]], "shared_prefix")
+    assert packed.input_ids_RL.tolist() == [[1, 2, 4, 5, 7], [3, 6, 0, 0, 0]]
+    assert packed.position_ids_RL.tolist() == [[0, 1, 2, 3, 2], [0, 1, 0, 0, 0]]
+    # completion [7] is predicted from the prompt's last token, like [4, 5]'s first token
+    assert packed.row_M.tolist() == [0, 0, 0, 1] and packed.pos_M.tolist() == [1, 2, 1, 0]
+    assert packed.target_M.tolist() == [4, 5, 7, 6] and packed.seq_M.tolist() == [0, 0, 2, 1]
+    mask = packed.attention_mask_R1LL[:, 0].int().tolist()
+    assert mask[0] == [
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 0],
+        [1, 1, 0, 0, 1],  # 7 sees the prompt and itself, not 4, 5
+    ]
+    assert mask[1][:2] == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0]]
+    assert all(any(q) for q in mask[1])  # pad queries see something: no NaN rows
+
+
+@pytest.mark.parametrize(
+    "family,attn", [("deepseek_v2", "sdpa"), ("deepseek_v2", "eager"), ("qwen2", "sdpa")]
+)
+def test_logprobs_and_gradients_shared_prefix_equal_padded(tiny_dir, tmp_path, family, attn):
+    """Groups of completions of one prompt (and one prompt alone), in one shared-prefix forward:
+    the same log-probs, entropies and parameter gradients as one padded row per sequence."""
+    from transformers import AutoModelForCausalLM
+
+    path = tiny_dir if family == "deepseek_v2" else make_tiny_model(family, "tiny", tmp_path / family)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn)
+    group_prompts, completions = _seqs(4, (5, 11, 2), (3, 8, 1, 6, 2, 5, 4))
+    prompts = [group_prompts[k] for k in (0, 1, 0, 1, 0, 2, 1)]  # groups interleaved, as dealt
+    results = {}
+    for batching in ("padded", "shared_prefix"):
+        model.zero_grad()
+        logp, mask, ent = completion_logprobs(model, prompts, completions, batching=batching, entropy=True)
+        (logp * mask * torch.linspace(-1, 1, logp.shape[1])).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[batching] = logp.detach(), mask, ent, grads
+    (lp_a, m_a, e_a, g_a), (lp_b, m_b, e_b, g_b) = results["padded"], results["shared_prefix"]
+    assert m_a.tolist() == m_b.tolist()
+    torch.testing.assert_close(lp_b, lp_a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(e_b, e_a, atol=1e-5, rtol=0)
+    assert g_a.keys() == g_b.keys() and len(g_a) > 10
+    for name in g_a:
+        torch.testing.assert_close(g_b[name], g_a[name], atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prefix_refuses_flash_attention_and_an_outgrown_sliding_window(tiny):
+    prompts, completions = _seqs(5, (4, 4), (2, 3))
+    old = tiny.config._attn_implementation
+    try:
+        tiny.config._attn_implementation = "flash_attention_2"
+        with pytest.raises(ValueError, match="shared_prefix.*flash_attention_2.*padded"):
+            completion_logprobs(tiny, prompts, completions, batching="shared_prefix")
+    finally:
+        tiny.config._attn_implementation = old
+    had, window = hasattr(tiny.config, "sliding_window"), getattr(tiny.config, "sliding_window", None)
+    try:
+        tiny.config.sliding_window = 7  # the longest sequence has 4 + 3 tokens: fits
+        completion_logprobs(tiny, prompts, completions, batching="shared_prefix")
+        tiny.config.sliding_window = 6
+        with pytest.raises(ValueError, match="sliding window \\(6 tokens\\).* has 7"):
+            completion_logprobs(tiny, prompts, completions, batching="shared_prefix")
+    finally:
+        if had:
+            tiny.config.sliding_window = window
+        else:
+            del tiny.config.sliding_window
+
+
 def test_logprobs_follow_the_sampling_temperature(tiny):
     prompts, completions = _seqs(1, (6,), (5,))
     with torch.no_grad():
@@ -99,6 +170,16 @@ def test_logprobs_follow_the_sampling_temperature(tiny):
 def test_length_grouped_sorts_longest_first_and_covers_all():
     groups = length_grouped([3, 9, 1, 9, 5], 2)
     assert groups == [[1, 3], [4, 0], [2]]
+
+
+def test_prompt_grouped_keeps_a_prompt_together_and_cuts_like_length_grouped():
+    prompts = [[1], [2, 2], [1], [3], [2, 2], [1], [3], [2, 2]]
+    lengths = [4, 5, 9, 2, 3, 6, 3, 5]
+    micro = prompt_grouped(prompts, lengths, 3)
+    # prompt [1] (longest 9) first, then [2, 2] (5), then [3]; longest first within a prompt
+    assert micro == [[2, 5, 0], [1, 7, 4], [6, 3]]
+    assert len(micro) == len(length_grouped(lengths, 3))
+    assert prompt_grouped(prompts, lengths, 4) == [[2, 5, 0, 1], [7, 4, 6, 3]]  # [2, 2] straddles
 
 
 @pytest.mark.parametrize("aggregation", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
@@ -174,6 +255,20 @@ def test_batch_select_and_balanced_shards():
         batch.shard(4)
 
 
+def test_shard_by_prompt_keeps_each_prompt_on_one_rank():
+    prompts, completions = _seqs(6, (3, 4, 5, 6), (9, 2, 8, 1, 3, 7, 5, 6))
+    rows = [prompts[i // 2] for i in range(8)]  # 4 prompts x 2 completions, contiguous
+    batch = GRPOBatch.build(rows, completions, [0.0] * 8)
+    shards, index = batch.shard(2, by_prompt=True)
+    assert sorted(i for ix in index for i in ix) == list(range(8)) and [len(s) for s in shards] == [4, 4]
+    assert all(i ^ 1 in ix for ix in index for i in ix)  # sequences 2k and 2k+1 share prompt k
+    # dealt by sequence without by_prompt (the length balance splits pairs here), and when the
+    # prompts cannot go whole (3 prompts on 2 ranks)
+    assert not all(i ^ 1 in ix for ix in batch.shard(2)[1] for i in ix)
+    odd = GRPOBatch.build(rows[:6], completions[:6], [0.0] * 6)
+    assert odd.shard(2, by_prompt=True)[1] == odd.shard(2)[1]
+
+
 def test_bundles_colocated_and_separate():
     bundles, trainers, engines = bundles_for(True, 2, 2, trainer_cpus=0.5, rollout_cpus=0.5, use_gpu=True)
     assert bundles == [{"CPU": 1.0, "GPU": 1.0}] * 2 and trainers == [0, 1] and engines == [0, 1]
@@ -239,6 +334,32 @@ def _batch(seed: int = 3, n: int = 8) -> GRPOBatch:
     prompts, completions = _seqs(seed, [3 + (i % 4) for i in range(n)], [1 + (i * 5) % 7 for i in range(n)])
     adv = torch.randn(n, generator=torch.Generator().manual_seed(seed))
     return GRPOBatch.build(prompts, completions, adv)
+
+
+def _grouped_batch(seed: int = 7, prompts: int = 4, group: int = 2) -> GRPOBatch:
+    """``prompts`` prompts with ``group`` completions each, groups contiguous (as the driver builds)."""
+    n = prompts * group
+    heads, completions = _seqs(
+        seed, [3 + (k % 4) for k in range(prompts)], [1 + (i * 5) % 7 for i in range(n)]
+    )
+    adv = torch.randn(n, generator=torch.Generator().manual_seed(seed))
+    return GRPOBatch.build([heads[i // group] for i in range(n)], completions, adv)
+
+
+def test_rank_update_shared_prefix_equals_padded(rank):
+    """The trainer's step with ``shared_prefix`` micro-batches (3 sequences: a group straddles
+    two of them) is the step of ``padded`` ones: loss, KL, gradient norm and new weights."""
+    batch = _grouped_batch(group=3)
+    steps = {}
+    for batching in ("padded", "shared_prefix"):
+        worker = rank(batching=batching, micro_batch_size=3)
+        batch.ref_logp_BT = worker.compute_logprobs(batch, "ref") - 0.01 * batch.completion_mask_BT
+        steps[batching] = worker.update(batch), worker.full_state_dict()
+    (a, state_a), (b, state_b) = steps["padded"], steps["shared_prefix"]
+    for key in ("loss", "grad_norm", "kl_sum", "tokens"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+    for name, tensor in state_b.items():
+        torch.testing.assert_close(tensor, state_a[name], atol=2e-3, rtol=0)
 
 
 def test_rank_update_invariant_to_micro_batch_size_and_ref_frozen(rank):
@@ -325,7 +446,7 @@ def _two_rank_update(rank_id: int, port: int, model_dir: str, result: str) -> No
         GRPOConfig(beta=0.0),
     )
     worker.setup("127.0.0.1", port)
-    shards, _ = _batch(n=8).shard(2)
+    shards, _ = _grouped_batch().shard(2, by_prompt=True)  # shared_prefix, the default batching
     metrics = worker.update(shards[rank_id])
     state = worker.full_state_dict()
     if rank_id == 0:
@@ -335,7 +456,7 @@ def _two_rank_update(rank_id: int, port: int, model_dir: str, result: str) -> No
 
 @pytest.mark.slow  # spawns two processes that import torch and transformers
 def test_two_ranks_step_like_one_rank_on_the_whole_batch(rank, tiny_dir, tmp_path):
-    """FSDP2 over 2 gloo ranks, each on its length-balanced shard, takes the step one rank takes
+    """FSDP2 over 2 gloo ranks, each on its shard of whole prompts, takes the step one rank takes
     on the whole batch: the loss normalisation spans ranks and FSDP's gradient average is undone."""
     import torch.multiprocessing as mp
 
@@ -343,7 +464,7 @@ def test_two_ranks_step_like_one_rank_on_the_whole_batch(rank, tiny_dir, tmp_pat
     mp.spawn(_two_rank_update, args=(_free_port(), str(tiny_dir), str(result)), nprocs=2, join=True)
     two = torch.load(result)
     worker = rank(grpo=GRPOConfig(beta=0.0), micro_batch_size=3)
-    one = worker.update(_batch(n=8))
+    one = worker.update(_grouped_batch())
     assert two["metrics"]["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
     two_tokens = two["metrics"]["tokens"]
     assert 0 < two_tokens < one["tokens"]  # rank 0 saw its shard only
