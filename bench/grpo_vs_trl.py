@@ -74,7 +74,7 @@ def ours_overrides(args: argparse.Namespace, out_dir: str) -> list[str]:
         "trainer.weight_decay=0.0",
         "trainer.max_grad_norm=1.0",
         f"trainer.micro_batch_size={args.micro_batch_size}",
-        "trainer.batching=padded",
+        f"trainer.batching={args.batching}",
         f"grpo.group_size={args.group_size}",
         f"grpo.prompts_per_step={args.prompts_per_step}",
         f"grpo.beta={args.beta}",
@@ -352,6 +352,9 @@ NOTES = [
     "differ, so reward curves agree only statistically.",
     "Old log-probs: with one update per batch both use the detached current log-probs "
     "(ratio = 1); TRL's vLLM importance-sampling correction applies only in its vLLM mode.",
+    "Forward/backward layout: ours trainer.batching (ours_batching in settings; shared_prefix puts a "
+    "group's prompt once in a row followed by its completions, under a 4D attention mask); TRL "
+    "pads one row per completion (its only layout for this model).",
     "TRL adds no MoE balance loss here (router_aux_loss_coef=0), as our GRPO trainer adds none.",
     "Generation: ours = a vLLM engine in a Ray actor (colocated with the trainer ranks, weights "
     "streamed after each update); TRL = see trl_mode. Peak RSS sums RSS over the process tree, so "
@@ -374,6 +377,12 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--micro-batch-size", type=int, default=32, help="sequences per forward/backward")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--batching",
+        default="shared_prefix",
+        choices=["shared_prefix", "padded", "padding_free"],
+        help="our trainer's micro-batch layout (shared_prefix: a group's prompt is computed once)",
+    )
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="threads / Ray CPUs")
     parser.add_argument(
         "--ours-trainers", type=int, default=1, help="FSDP2 trainer ranks (threads = cores / ranks)"
@@ -475,6 +484,7 @@ def main() -> None:
             "clip_eps": 0.2,
             "temperature": 1.0,
             "micro_batch_size": args.micro_batch_size,
+            "ours_batching": args.batching,
             "lr_schedule": "constant, no warmup",
             "dtype": "float32",
             "seed": args.seed,

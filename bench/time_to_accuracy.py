@@ -189,6 +189,7 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=0.04)
     p.add_argument("--micro-batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batching", default="shared_prefix", choices=["shared_prefix", "padded", "padding_free"])
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     p.add_argument("--ours-trainers", type=int, default=1)
     p.add_argument("--trl-mode", default="transformers", choices=["transformers", "vllm"])
