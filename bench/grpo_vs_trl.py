@@ -53,6 +53,16 @@ def read_rows(path: Path) -> list[dict]:
 # Ours ----------------------------------------------------------------------------------------------
 
 
+def add_ours_args(parser: argparse.ArgumentParser) -> None:
+    """The options of our side that this benchmark and ``time_to_accuracy.py`` share."""
+    parser.add_argument(
+        "--batching",
+        default="shared_prefix",
+        choices=["shared_prefix", "padded", "padding_free"],
+        help="our trainer's micro-batch layout (shared_prefix: a group's prompt is computed once)",
+    )
+
+
 def ours_overrides(args: argparse.Namespace, out_dir: str) -> list[str]:
     cores = args.cores
     trainers = args.ours_trainers
@@ -279,6 +289,7 @@ def child_cmd(part: str, args: argparse.Namespace, trl_mode: str) -> list[str]:
         "cores",
         "micro_batch_size",
         "ours_trainers",
+        "batching",
     ):
         cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     return cmd + ["--trl-mode", trl_mode, "--part", part]
@@ -377,12 +388,7 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--micro-batch-size", type=int, default=32, help="sequences per forward/backward")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--batching",
-        default="shared_prefix",
-        choices=["shared_prefix", "padded", "padding_free"],
-        help="our trainer's micro-batch layout (shared_prefix: a group's prompt is computed once)",
-    )
+    add_ours_args(parser)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="threads / Ray CPUs")
     parser.add_argument(
         "--ours-trainers", type=int, default=1, help="FSDP2 trainer ranks (threads = cores / ranks)"

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._common import machine, sft_model, write_math_rl  # noqa: E402
-from bench.grpo_vs_trl import BASE_CONFIG, ours_overrides, run_trl  # noqa: E402
+from bench.grpo_vs_trl import BASE_CONFIG, add_ours_args, ours_overrides, run_trl  # noqa: E402
 
 
 def write_heldout(path: Path, size: int, seed: int = 0) -> Path:
@@ -189,7 +189,7 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=0.04)
     p.add_argument("--micro-batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batching", default="shared_prefix", choices=["shared_prefix", "padded", "padding_free"])
+    add_ours_args(p)
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     p.add_argument("--ours-trainers", type=int, default=1)
     p.add_argument("--trl-mode", default="transformers", choices=["transformers", "vllm"])
