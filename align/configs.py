@@ -302,6 +302,11 @@ class RewardModelTrainConfig:
     logging_steps: int = _f(10, "log metrics every N optimizer steps")
     eval_steps: int = _f(0, "also evaluate on data.eval every N steps; 0 = only at the end")
     eval_batch_size: int = _f(32, "sequences per forward pass when scoring held-out data")
+    likelihood_baseline: bool = _f(
+        True,
+        "held-out preference pairs: also rank each pair by the starting model's own log-likelihood of "
+        "the two replies (eval.json 'init_model_likelihood'): what the model knew before the RM was trained",
+    )
     group_by_length: bool | None = _f(
         None,
         "batches of similar lengths (less padding); null = on for pairwise, off for pointwise (batches "

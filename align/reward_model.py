@@ -346,6 +346,72 @@ def pointwise_pairs(ds: datasets.Dataset, loss: str) -> tuple[list, list, list]:
     return prompts, chosen, rejected
 
 
+def likelihood_reward(model_path: str, fmt: str, batch_size: int = 32, device: str = "cpu") -> Callable:
+    """A reward (TRL convention: ``reward(prompts, completions) -> list[float]``) that scores each
+    completion by its summed log-probability under the causal LM at ``model_path``, in the reward
+    model's input format ``fmt`` (the tokens of :func:`encode` after those of the prompt alone).
+
+    The baseline an RM should beat: ranking pairs by what its starting model already predicts."""
+    from rewards.reward_model import conversation
+    from rewards.text import prompt_text
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
+    lm = transformers.AutoModelForCausalLM.from_pretrained(model_path).to(device).eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+
+    def prompt_ids(prompt: Any) -> list[int]:
+        if fmt == "chat":
+            turns = conversation(prompt, "")[:-1]
+            out = tokenizer.apply_chat_template(
+                turns, add_generation_prompt=True, tokenize=True, return_dict=True
+            )
+            return list(out["input_ids"])
+        return list(tokenizer(text=prompt_text(prompt))["input_ids"])
+
+    def score(prompts: Sequence, completions: Sequence) -> list[float]:
+        seqs = []
+        for p, c in zip(prompts, completions):
+            full, head = encode(tokenizer, p, c, fmt), prompt_ids(p)
+            n = next((i for i, (a, b) in enumerate(zip(full, head)) if a != b), min(len(full), len(head)))
+            seqs.append((full, min(max(n, 1), len(full) - 1)))  # at least one scored token
+        out = []
+        for i in range(0, len(seqs), batch_size):
+            chunk = seqs[i : i + batch_size]
+            width = max(len(f) for f, _ in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, (f, _) in enumerate(chunk):
+                ids[r, : len(f)] = torch.tensor(f)
+                mask[r, : len(f)] = 1
+            with torch.no_grad():
+                logp = (
+                    lm(input_ids=ids.to(device), attention_mask=mask.to(device))
+                    .logits.float()
+                    .log_softmax(-1)
+                )
+            token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()
+            for r, (f, n) in enumerate(chunk):
+                out.append(token_logp[r, n - 1 : len(f) - 1].sum().item())
+        return out
+
+    return score
+
+
+def likelihood_baseline(
+    model_path: str, ds: datasets.Dataset, fmt: str, batch_size: int = 32, device: str = "cpu"
+) -> dict[str, Any]:
+    """Held-out pairwise accuracy of :func:`likelihood_reward` on preference rows (``accuracy_by``
+    per ``kind``/``category`` as :func:`evaluate_held_out`), or ``{"skipped": why}`` when the model
+    at ``model_path`` is not a causal LM."""
+    archs = transformers.AutoConfig.from_pretrained(model_path).architectures or []
+    if not any(a.endswith("ForCausalLM") for a in archs):
+        return {"skipped": f"{model_path} is not a causal LM (architectures {archs})"}
+    reward = likelihood_reward(model_path, fmt, batch_size, device)
+    group = next((c for c in GROUP_COLUMNS if c in ds.column_names), None)
+    m = pairwise_metrics(reward, ds["prompt"], ds["chosen"], ds["rejected"], ds[group] if group else None)
+    return {k: m[k] for k in ("n_pairs", "pairwise_accuracy", "accuracy_by") if k in m}
+
+
 def evaluate_held_out(reward: Callable, ds: datasets.Dataset, fmt: str, loss: str) -> dict[str, Any]:
     """Held-out metrics of a reward on validated ``preference`` or ``pointwise`` rows (``fmt``)."""
     if fmt == "preference":

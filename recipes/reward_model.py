@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config.parse_args(RewardModelRecipeConfig, argv, description=__doc__)
 
     # Heavy imports after parsing, so --help and config errors answer at once.
+    import torch
     import transformers
     from accelerate import PartialState
     from trl import RewardTrainer
@@ -170,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
                 "steps": trainer.state.global_step,
             }
         )
+        if t.likelihood_baseline and held_out.report.format == "preference":
+            base_start = time.monotonic()
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            base = rm.likelihood_baseline(cfg.model.path, held_out.dataset, fmt, t.eval_batch_size, device)
+            result["init_model_likelihood"] = {**base, "time_s": round(time.monotonic() - base_start, 1)}
         (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         bookkeeping = ("train_time_s", "cpu_time_s", "eval_time_s", "steps")
         logged = {
@@ -186,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
             else f"{acc:.3f} ({result['n_pairs']} pairs), mean margin {margin:.3f}"
         )
         print(f"reward_model: held-out pairwise accuracy {shown}; wrote {out / 'eval.json'}", flush=True)
+        base_acc = result.get("init_model_likelihood", {}).get("pairwise_accuracy")
+        if base_acc is not None:
+            print(
+                f"reward_model: the starting model's own log-likelihood ranks {base_acc:.3f} of those pairs "
+                "right (eval.json init_model_likelihood: a baseline, what the model predicted before training)",
+                flush=True,
+            )
     metrics.close()
     if state.is_main_process:
         wall = time.monotonic() - started

@@ -166,6 +166,41 @@ def test_inputs_are_tokenized_as_trl_does(tiny_model):
         rm.preference_dataset(datasets.Dataset.from_list([{**rows[0], "margin": "big"}]), tokenizer, "chat")
 
 
+def test_likelihood_reward_sums_the_completion_tokens_logprobs(tiny_model):
+    """The init-model baseline scores a reply by the LM's log-probs of its tokens after the prompt's,
+    computed here one token at a time with no padding; batches of mixed lengths give the same."""
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model)
+    lm = transformers.AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    prompts = ["What is 2+3?", "Name a color."]
+    replies = ["2+3=5. \\boxed{5}", "Blue."]
+    expected = []
+    for p, c in zip(prompts, replies):
+        full = encode(tokenizer, p, c)
+        head = tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        assert full[: len(head)] == list(head)
+        total = 0.0
+        for j in range(len(head), len(full)):
+            with torch.no_grad():
+                logits = lm(input_ids=torch.tensor([full[:j]])).logits[0, -1]
+            total += logits.log_softmax(-1)[full[j]].item()
+        expected.append(total)
+    assert tokenizer.decode(encode(tokenizer, prompts[1], replies[1])[len(head) :]) == "Blue.<eos>"
+    for batch_size in (1, 2):
+        got = rm.likelihood_reward(str(tiny_model), "chat", batch_size=batch_size)(prompts, replies)
+        assert got == pytest.approx(expected, abs=1e-4)
+
+    held_out = datasets.Dataset.from_list(
+        [{"prompt": prompts[0], "chosen": replies[0], "rejected": "7", "kind": "math/wrong"}]
+    )
+    base = rm.likelihood_baseline(str(tiny_model), held_out, "chat")
+    assert base["n_pairs"] == 1 and set(base["accuracy_by"]) == {"math/wrong"}
+    assert base["pairwise_accuracy"] in (0.0, 1.0)
+
+
 def test_help_imports_nothing_heavy():
     code = (
         "import runpy, sys\n"
@@ -221,6 +256,13 @@ def test_pairwise_rm_beats_chance_and_loads_as_a_reward(pairwise_run, data_dir):
     assert result["n_pairs"] == 64 and result["format"] == "preference"
     assert result["pairwise_accuracy"] > 0.6, result  # 0.78 with this seed; chance is 0.5
     assert result["margin_mean"] > 0 and result["accuracy_by_column"] == "kind"
+    base = result["init_model_likelihood"]  # the starting model's own ranking of the same pairs
+    assert (
+        base["n_pairs"] == 64
+        and 0.0 <= base["pairwise_accuracy"] <= 1.0
+        and "math/wrong" in base["accuracy_by"]
+    )
+    assert "starting model's own log-likelihood ranks" in proc.stdout
     final = [r for r in records if "eval/pairwise_accuracy" in r]
     assert final and final[-1]["eval/pairwise_accuracy"] == result["pairwise_accuracy"]
 
