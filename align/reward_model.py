@@ -384,14 +384,11 @@ def likelihood_reward(model_path: str, fmt: str, batch_size: int = 32, device: s
                 ids[r, : len(f)] = torch.tensor(f)
                 mask[r, : len(f)] = 1
             with torch.no_grad():
-                logp = (
-                    lm(input_ids=ids.to(device), attention_mask=mask.to(device))
-                    .logits.float()
-                    .log_softmax(-1)
-                )
-            token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()
-            for r, (f, n) in enumerate(chunk):
-                out.append(token_logp[r, n - 1 : len(f) - 1].sum().item())
+                logits = lm(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                for r, (f, n) in enumerate(chunk):  # the softmax over the reply's positions only
+                    logp = logits[r, n - 1 : len(f) - 1].float().log_softmax(-1)
+                    target = torch.tensor(f[n:], device=logp.device)
+                    out.append(logp.gather(-1, target[:, None]).sum().item())
         return out
 
     return score

@@ -174,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         if t.likelihood_baseline and held_out.report.format == "preference":
             base_start = time.monotonic()
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            base = rm.likelihood_baseline(cfg.model.path, held_out.dataset, fmt, t.eval_batch_size, device)
+            try:  # a diagnostic: its failure is reported, never the run's
+                base = rm.likelihood_baseline(
+                    cfg.model.path, held_out.dataset, fmt, t.eval_batch_size, device
+                )
+            except Exception as e:  # noqa: BLE001
+                base = {"error": f"{type(e).__name__}: {e}"}
+                print(f"reward_model: the likelihood baseline failed ({base['error']}); skipped", flush=True)
             result["init_model_likelihood"] = {**base, "time_s": round(time.monotonic() - base_start, 1)}
         (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         bookkeeping = ("train_time_s", "cpu_time_s", "eval_time_s", "steps")
