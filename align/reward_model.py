@@ -352,7 +352,7 @@ def likelihood_reward(model_path: str, fmt: str, batch_size: int = 32, device: s
     model's input format ``fmt`` (the tokens of :func:`encode` after those of the prompt alone).
 
     The baseline an RM should beat: ranking pairs by what its starting model already predicts."""
-    from rewards.reward_model import conversation
+    from align.models import render_prompt
     from rewards.text import prompt_text
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
@@ -361,11 +361,7 @@ def likelihood_reward(model_path: str, fmt: str, batch_size: int = 32, device: s
 
     def prompt_ids(prompt: Any) -> list[int]:
         if fmt == "chat":
-            turns = conversation(prompt, "")[:-1]
-            out = tokenizer.apply_chat_template(
-                turns, add_generation_prompt=True, tokenize=True, return_dict=True
-            )
-            return list(out["input_ids"])
+            return render_prompt(tokenizer, prompt)
         return list(tokenizer(text=prompt_text(prompt))["input_ids"])
 
     def score(prompts: Sequence, completions: Sequence) -> list[float]:
@@ -403,9 +399,7 @@ def likelihood_baseline(
     archs = transformers.AutoConfig.from_pretrained(model_path).architectures or []
     if not any(a.endswith("ForCausalLM") for a in archs):
         return {"skipped": f"{model_path} is not a causal LM (architectures {archs})"}
-    reward = likelihood_reward(model_path, fmt, batch_size, device)
-    group = next((c for c in GROUP_COLUMNS if c in ds.column_names), None)
-    m = pairwise_metrics(reward, ds["prompt"], ds["chosen"], ds["rejected"], ds[group] if group else None)
+    m = evaluate_held_out(likelihood_reward(model_path, fmt, batch_size, device), ds, "preference", "bce")
     return {k: m[k] for k in ("n_pairs", "pairwise_accuracy", "accuracy_by") if k in m}
 
 

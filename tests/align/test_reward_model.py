@@ -198,7 +198,9 @@ def test_likelihood_reward_sums_the_completion_tokens_logprobs(tiny_model):
     )
     base = rm.likelihood_baseline(str(tiny_model), held_out, "chat")
     assert base["n_pairs"] == 1 and set(base["accuracy_by"]) == {"math/wrong"}
-    assert base["pairwise_accuracy"] in (0.0, 1.0)
+    chosen, rejected = rm.likelihood_reward(str(tiny_model), "chat")([prompts[0]] * 2, [replies[0], "7"])
+    assert chosen == pytest.approx(expected[0], abs=1e-4)
+    assert base["pairwise_accuracy"] == float(chosen > rejected)
 
 
 def test_help_imports_nothing_heavy():
