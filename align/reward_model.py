@@ -300,7 +300,9 @@ def pairwise_metrics(
 
     ``pairwise_accuracy``: fraction with ``r_chosen > r_rejected`` (ties count as wrong);
     ``margin_mean``: mean ``r_chosen - r_rejected``; ``reward_mean`` / ``reward_std`` over all scores;
-    ``accuracy_by``: accuracy per value of ``groups`` (e.g. the ``kind`` column), when given.
+    ``pairwise_accuracy_ci95``: its Wilson 95% interval (100 pairs at 0.85 span 0.77-0.91: a held-out
+    set that small cannot tell 0.86 from 0.90); ``accuracy_by`` / ``n_by``: accuracy and pair count
+    per value of ``groups`` (e.g. the ``kind`` column), when given.
     """
     n = len(prompts)
     if not n:
@@ -312,6 +314,7 @@ def pairwise_metrics(
     out: dict[str, Any] = {
         "n_pairs": n,
         "pairwise_accuracy": sum(d > 0 for d in diffs) / n,
+        "pairwise_accuracy_ci95": wilson_interval(sum(d > 0 for d in diffs), n),
         "margin_mean": sum(diffs) / n,
         "reward_mean": mean,
         "reward_std": math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores)),
@@ -323,7 +326,18 @@ def pairwise_metrics(
         for g, d in zip(groups, diffs):
             by[str(g)].append(d > 0)
         out["accuracy_by"] = {g: sum(v) / len(v) for g, v in sorted(by.items())}
+        out["n_by"] = {g: len(v) for g, v in sorted(by.items())}
     return out
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float]:
+    """The Wilson score interval of a binomial proportion (95% for the default ``z``), [low, high]."""
+    if n <= 0:
+        raise ValueError(f"wilson_interval needs n >= 1, got {n}")
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def pointwise_pairs(ds: datasets.Dataset, loss: str) -> tuple[list, list, list]:
@@ -400,7 +414,11 @@ def likelihood_baseline(
     if not any(a.endswith("ForCausalLM") for a in archs):
         return {"skipped": f"{model_path} is not a causal LM (architectures {archs})"}
     m = evaluate_held_out(likelihood_reward(model_path, fmt, batch_size, device), ds, "preference", "bce")
-    return {k: m[k] for k in ("n_pairs", "pairwise_accuracy", "accuracy_by") if k in m}
+    return {
+        k: m[k]
+        for k in ("n_pairs", "pairwise_accuracy", "pairwise_accuracy_ci95", "accuracy_by", "n_by")
+        if k in m
+    }
 
 
 def evaluate_held_out(reward: Callable, ds: datasets.Dataset, fmt: str, loss: str) -> dict[str, Any]:

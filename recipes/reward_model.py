@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         shown = (
             "n/a (no pairs)"
             if acc is None
-            else f"{acc:.3f} ({result['n_pairs']} pairs), mean margin {margin:.3f}"
+            else f"{acc:.3f} ({result['n_pairs']} pairs, 95% interval "
+            f"{result['pairwise_accuracy_ci95'][0]:.2f}-{result['pairwise_accuracy_ci95'][1]:.2f}), "
+            f"mean margin {margin:.3f}"
         )
         print(f"reward_model: held-out pairwise accuracy {shown}; wrote {out / 'eval.json'}", flush=True)
         base_acc = result.get("init_model_likelihood", {}).get("pairwise_accuracy")

@@ -4,6 +4,7 @@ run as users run it (tiny DeepSeek-V2, a slice of the helpful pairs)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -96,8 +97,24 @@ def test_pairwise_metrics_by_hand():
     got = rm.pairwise_metrics(reward, ["p"] * 3, ["a", "c", "e"], ["b", "d", "f"], groups=["x", "y", "y"])
     assert got["pairwise_accuracy"] == pytest.approx(1 / 3)  # a>b right, c<d wrong, e=f a tie: wrong
     assert got["margin_mean"] == pytest.approx((2 - 2 + 0) / 3)
-    assert got["accuracy_by"] == {"x": 1.0, "y": 0.0}
+    assert got["accuracy_by"] == {"x": 1.0, "y": 0.0} and got["n_by"] == {"x": 1, "y": 2}
     assert got["chosen_reward_mean"] == pytest.approx(8 / 3) and got["n_pairs"] == 3
+    assert got["pairwise_accuracy_ci95"] == pytest.approx(rm.wilson_interval(1, 3))
+
+
+def test_wilson_interval_by_hand():
+    # 85 of 100: centre (0.85 + 1.96^2/200) / (1 + 1.96^2/100), half-width
+    # 1.96 * sqrt(0.85 * 0.15 / 100 + 1.96^2 / 40000) / (1 + 1.96^2/100)
+    z = 1.959964
+    centre = (0.85 + z * z / 200) / (1 + z * z / 100)
+    half = z * math.sqrt(0.85 * 0.15 / 100 + z * z / 40000) / (1 + z * z / 100)
+    assert rm.wilson_interval(85, 100) == pytest.approx([centre - half, centre + half])
+    assert rm.wilson_interval(85, 100) == pytest.approx([0.7672, 0.9069], abs=1e-4)
+    low, high = rm.wilson_interval(0, 10)  # all wrong: the interval still leaves room above 0
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    assert rm.wilson_interval(10, 10)[1] <= 1.0
+    with pytest.raises(ValueError, match="n >= 1"):
+        rm.wilson_interval(0, 0)
 
 
 def test_pointwise_pairs_and_targets():
