@@ -489,6 +489,14 @@ class RewardSpecConfig:
         "host the reward in its own Ray actor (reward models: loaded once, out of the driver); "
         "a dead actor is restarted by Ray and the interrupted call retried",
     )
+    only_rows: dict[str, list] = _f(
+        {},
+        "score only the rows whose column has one of the listed values (e.g. {category: [unsafe]}); "
+        "the others get None (not applicable: nothing added to the sum); {} = every row",
+    )
+    skip_rows: dict[str, list] = _f(
+        {}, "score every row but those whose column has one of the listed values; {} = skip none"
+    )
     num_cpus: float = _f(0.25, "ray_actor: Ray CPUs reserved for the actor")
     num_gpus: float = _f(0.0, "ray_actor: Ray GPUs reserved for the actor (a reward model on a GPU)")
     max_restarts: int = _f(

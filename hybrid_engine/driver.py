@@ -87,10 +87,11 @@ def init_ray(cfg: RayConfig) -> None:
 def load_stage_data(stage: StageConfig, tokenizer: Any, output_dir: str | Path) -> Any:
     """A stage's prompts, read and validated (``align.data.load_split``: bad rows raise ``DataError``
     or, with ``on_bad_row: skip``, go to ``<output_dir>/rejected_rows.jsonl`` under the split name
-    ``<stage>/train``, so the stages' records do not replace each other)."""
-    from align.data import load_split
+    ``<stage>/train``, so the stages' records do not replace each other). A column that a reward's
+    ``only_rows`` / ``skip_rows`` names and the data lacks raises ``DataError`` too."""
+    from align.data import DataError, load_split
 
-    return load_split(
+    split = load_split(
         stage.data.train,
         stage.data,
         split_name=f"{stage.name}/train",
@@ -98,6 +99,15 @@ def load_stage_data(stage: StageConfig, tokenizer: Any, output_dir: str | Path) 
         tokenizer=tokenizer,
         accept=("rl",),
     )
+    columns = sorted(split.dataset.column_names)
+    for name, spec in stage.rewards.items():
+        missing = sorted({*spec.only_rows, *spec.skip_rows} - set(columns))
+        if missing:
+            raise DataError(
+                f"{', '.join(stage.data.train)}: stage {stage.name!r}, reward {name!r}: only_rows/skip_rows "
+                f"name the column(s) {missing}, which the data does not have (its columns: {columns})"
+            )
+    return split
 
 
 @dataclass
@@ -260,6 +270,8 @@ class GRPODriver:
                 self.reward_actors.append(fn)
             else:
                 fn = rewards.load(spec.spec, **spec.options)
+            if spec.only_rows or spec.skip_rows:
+                fn = rewards.select_rows(fn, only=spec.only_rows, skip=spec.skip_rows)
             components[name] = (fn, spec.weight)
         for fn in self.reward_actors:
             fn.wait_ready()  # placed, loaded and answering (a spec that fails to load fails here)

@@ -11,12 +11,13 @@ sample; None means "not applicable to this sample"). ``async def`` rewards are a
     total = rewards.combine({"math": (math, 1.0), "rule": ("rule", 0.2)}, timeout_s=30)
     values = total(prompts, completions, answer=answers)         # weighted sums
     total.last.metrics                                           # reward/math/mean, ...
+    safety = rewards.select_rows(rm, only={"category": ["unsafe"]})  # None on the other rows
 
 This package imports nothing from align, rollout, hybrid_engine or recipes.
 """
 
 from rewards import sandbox
-from rewards.combine import Combined, Outcome, RewardError, Scores, combine, score_isolated
+from rewards.combine import Combined, Outcome, RewardError, Scores, combine, score_isolated, select_rows
 from rewards.loading import BUILTINS, ENTRY_POINT_GROUP, RewardSpecError, load
 from rewards.text import completion_text, prompt_text
 
@@ -34,4 +35,5 @@ __all__ = [
     "prompt_text",
     "sandbox",
     "score_isolated",
+    "select_rows",
 ]

@@ -207,6 +207,73 @@ def combine(
     )
 
 
+def select_rows(
+    fn: Callable,
+    only: Mapping[str, Sequence] | None = None,
+    skip: Mapping[str, Sequence] | None = None,
+) -> Callable:
+    """``fn`` applied to some rows only: a sample is scored when, for every column of ``only``, its
+    value is one of those listed, and for no column of ``skip`` is it one of those listed; every
+    other sample gets None (not applicable: it adds nothing to a weighted sum). ``fn`` is called
+    once, on the selected samples (per-sample columns sliced to them), or not at all.
+
+    Llama 2 style routing of a safety reward model to the safety prompts, veRL's reward per
+    ``data_source``::
+
+        safety = rewards.select_rows(rewards.load("out/rm_safety"), skip={"category": ["math", "code"]})
+    """
+    only, skip = dict(only or {}), dict(skip or {})
+    for what, rule in (("only", only), ("skip", skip)):
+        for col, values in rule.items():
+            if isinstance(values, str | bytes) or not isinstance(values, Sequence | set | frozenset):
+                raise ValueError(f"select_rows {what}[{col!r}]: a list of values, not {values!r}")
+    if not only and not skip:
+        raise ValueError("select_rows: give `only` or `skip` (column -> values)")
+    needed = sorted({*only, *skip})
+
+    def split(prompts, completions, columns):
+        n = len(completions)
+        missing = [c for c in needed if c not in columns or not _is_column(columns[c], n)]
+        if missing:
+            raise ValueError(
+                f"select_rows: column(s) {missing} not passed with one value per sample "
+                f"(got columns {sorted(columns)})"
+            )
+        keep = [
+            i
+            for i in range(n)
+            if all(columns[c][i] in v for c, v in only.items())
+            and not any(columns[c][i] in v for c, v in skip.items())
+        ]
+        sub = {k: ([v[i] for i in keep] if _is_column(v, n) else v) for k, v in columns.items()}
+        kwargs = {**sub, "prompts": [prompts[i] for i in keep], "completions": [completions[i] for i in keep]}
+        return keep, kwargs
+
+    def merge(n, keep, values):
+        values = list(values)
+        if len(values) != len(keep):
+            raise ValueError(f"select_rows: the reward returned {len(values)} values for {len(keep)} samples")
+        out: list = [None] * n
+        for i, v in zip(keep, values):
+            out[i] = v
+        return out
+
+    if _is_async(fn):
+
+        async def selected_async(prompts: list, completions: list, **columns: Any) -> list:
+            keep, kwargs = split(prompts, completions, columns)
+            values = await fn(**kwargs) if keep else []
+            return merge(len(completions), keep, values)
+
+        return selected_async
+
+    def selected(prompts: list, completions: list, **columns: Any) -> list:
+        keep, kwargs = split(prompts, completions, columns)
+        return merge(len(completions), keep, fn(**kwargs) if keep else [])
+
+    return selected
+
+
 def score_isolated(
     fn: Callable,
     prompts: list,

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+import rewards
 from rewards import RewardError, combine
 
 P = ["p0", "p1", "p2", "p3"]
@@ -170,3 +171,63 @@ def test_rewards_are_called_with_keywords_like_trl():
     total = combine({"c": completions_only})
     assert total(P, C) == [1.0, 2.0, 3.0, 4.0]
     assert total(prompts=P, completions=C, completion_ids=[[1], [2], [3], [4]]) == [1.0, 2.0, 3.0, 4.0]
+
+
+# ----------------------------------------------------------------------------------------------
+# select_rows: a reward applied to some rows only (None, "not applicable", on the others)
+
+
+def test_select_rows_scores_only_the_selected_rows_and_slices_their_columns():
+    calls = []
+
+    def rm(prompts, completions, category, answer, trainer_state=None):
+        calls.append((list(prompts), list(completions), list(category), list(answer), trainer_state))
+        return [10.0 * len(c) for c in completions]
+
+    cat = ["math", "unsafe", "code", "lookalike"]
+    ans = ["1", None, None, None]
+    skip = rewards.select_rows(rm, skip={"category": ["math", "code"]})
+    assert skip(P, C, category=cat, answer=ans, trainer_state="S") == [None, 20.0, None, 40.0]
+    assert calls == [(["p1", "p3"], ["bb", "dddd"], ["unsafe", "lookalike"], [None, None], "S")]
+    only = rewards.select_rows(rm, only={"category": ["math", "lookalike"]})
+    assert only(P, C, category=cat, answer=ans) == [10.0, None, None, 40.0]
+    both = rewards.select_rows(rm, only={"category": ["math", "unsafe"]}, skip={"answer": ["1"]})
+    assert both(P, C, category=cat, answer=ans) == [None, 20.0, None, None]
+    calls.clear()
+    assert only(P, C, category=["x"] * 4, answer=ans) == [None] * 4 and calls == []  # not called
+
+
+def test_select_rows_in_a_weighted_sum_adds_nothing_on_the_rows_it_skips():
+    by_cat = rewards.select_rows(length, only={"category": ["b", "d"]})
+    total = combine({"len": (length, 1.0), "sel": (by_cat, 3.0)})
+    assert total(P, C, category=["a", "b", "c", "d"]) == [1.0, 2.0 + 6.0, 3.0, 4.0 + 12.0]
+    assert total.last.metrics["reward/sel/none_frac"] == 0.5
+    assert total.last.metrics["reward/sel/error_frac"] == 0.0
+
+
+def test_select_rows_async_reward():
+    async def alen(prompts, completions, **columns):
+        await asyncio.sleep(0)
+        return [float(len(c)) for c in completions]
+
+    sel = rewards.select_rows(alen, skip={"category": ["a"]})
+    assert asyncio.run(sel(P, C, category=["a", "b", "a", "b"])) == [None, 2.0, None, 4.0]
+    total = combine({"sel": (sel, 1.0)})
+    assert total(P, C, category=["a", "b", "a", "b"]) == [None, 2.0, None, 4.0]
+
+
+def test_select_rows_errors():
+    with pytest.raises(ValueError, match="give `only` or `skip`"):
+        rewards.select_rows(length)
+    with pytest.raises(ValueError, match=r"only\['category'\]: a list of values"):
+        rewards.select_rows(length, only={"category": "math"})
+    sel = rewards.select_rows(length, only={"category": ["a"]})
+    with pytest.raises(ValueError, match=r"column\(s\) \['category'\] not passed"):
+        sel(P, C, answer=["1"] * 4)
+    bad = rewards.select_rows(lambda prompts, completions, **c: [1.0], only={"category": ["a", "b"]})
+    with pytest.raises(ValueError, match="returned 1 values for 2 samples"):
+        bad(P, C, category=["a", "b", "c", "d"])
+    # inside combine a missing column is an error on every sample, counted, never a silent 0
+    total = combine({"sel": (sel, 1.0)}, max_error_frac=1.0)
+    assert total(P, C) == [None] * 4
+    assert total.last.metrics["reward/sel/error_frac"] == 1.0
