@@ -16,6 +16,7 @@ then reports the trainer ranks' peak RSS).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import random
@@ -349,6 +350,7 @@ class GRPODriver:
         adv_B = group_advantages(rewards_B, g.group_size, eps=g.eps, scale=g.scale_rewards)
         metrics.update(scores.metrics)
         for name, (fn, _) in getattr(state.reward, "components", {}).items():
+            fn = inspect.unwrap(fn)  # through rewards.select_rows (only_rows / skip_rows)
             if hasattr(fn, "restarts"):  # a reward hosted in a Ray actor: its retried calls so far
                 metrics[f"reward/{name}/actor_restarts"] = float(fn.restarts)
         metrics.update({f"advantage/{k}": v for k, v in group_stats(rewards_B, g.group_size).items()})

@@ -215,7 +215,8 @@ def select_rows(
     """``fn`` applied to some rows only: a sample is scored when, for every column of ``only``, its
     value is one of those listed, and for no column of ``skip`` is it one of those listed; every
     other sample gets None (not applicable: it adds nothing to a weighted sum). ``fn`` is called
-    once, on the selected samples (per-sample columns sliced to them), or not at all.
+    once, on the selected samples (per-sample columns sliced to them), or not at all. The result's
+    ``__wrapped__`` is ``fn`` (``inspect.unwrap`` reaches e.g. a Ray actor reward's restart count).
 
     Llama 2 style routing of a safety reward model to the safety prompts, veRL's reward per
     ``data_source``::
@@ -265,12 +266,14 @@ def select_rows(
             values = await fn(**kwargs) if keep else []
             return merge(len(completions), keep, values)
 
+        selected_async.__wrapped__ = fn  # type: ignore[attr-defined]
         return selected_async
 
     def selected(prompts: list, completions: list, **columns: Any) -> list:
         keep, kwargs = split(prompts, completions, columns)
         return merge(len(completions), keep, fn(**kwargs) if keep else [])
 
+    selected.__wrapped__ = fn  # type: ignore[attr-defined]  (inspect.unwrap: the reward's own state)
     return selected
 
 

@@ -340,9 +340,16 @@ def test_a_killed_reward_model_actor_is_restarted_and_no_sample_is_lost(inputs, 
     assert len(restarted) == 2 and actors[0] not in restarted and actors[1] in restarted, (actors, restarted)
     check_finished_run(out)
     stage2 = records(out)[STAGE1_STEPS:]
-    for r in stage2:  # every sample scored by both reward models: the retry lost nothing
-        for k in ("helpful", "safety"):
-            assert r[f"reward/{k}/none_frac"] == 0 and r[f"reward/{k}/error_frac"] == 0, r
+    # every sample scored by both reward models: the retry lost nothing. The demo config scores the
+    # safety RM on the safety-relevant rows only (skip_rows): None on exactly the skipped ones.
+    skip = yaml.safe_load(YAML.read_text())["stages"][1]["rewards"]["safety"]["skip_rows"]
+    chat = [json.loads(line) for line in (inputs["data"] / "chat/train.jsonl").read_text().splitlines()]
+    for r in stage2:
+        used = [chat[i] for i in r["data_indices"]]
+        skipped = sum(any(row[c] in v for c, v in skip.items()) for row in used) / len(used)
+        assert r["reward/safety/none_frac"] == pytest.approx(skipped), r
+        assert r["reward/helpful/none_frac"] == 0, r
+        assert r["reward/helpful/error_frac"] == 0 and r["reward/safety/error_frac"] == 0, r
     # the kill lands before or during step 6's scoring: a call in flight is retried (and counted)
     retried = max(
         r.get("reward/helpful/actor_restarts", 0) + r.get("reward/safety/actor_restarts", 0) for r in stage2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import threading
 import time
@@ -195,6 +196,8 @@ def test_select_rows_scores_only_the_selected_rows_and_slices_their_columns():
     assert both(P, C, category=cat, answer=ans) == [None, 20.0, None, None]
     calls.clear()
     assert only(P, C, category=["x"] * 4, answer=ans) == [None] * 4 and calls == []  # not called
+    # the reward itself stays reachable (the GRPO driver reads a Ray actor reward's restart count)
+    assert inspect.unwrap(only) is rm and inspect.unwrap(rewards.select_rows(rm, skip={"a": [1]})) is rm
 
 
 def test_select_rows_in_a_weighted_sum_adds_nothing_on_the_rows_it_skips():
