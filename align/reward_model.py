@@ -310,11 +310,12 @@ def pairwise_metrics(
     scores = reward(list(prompts) + list(prompts), list(chosen) + list(rejected))
     r_chosen, r_rejected = scores[:n], scores[n:]
     diffs = [c - r for c, r in zip(r_chosen, r_rejected)]
+    right = sum(d > 0 for d in diffs)
     mean = sum(scores) / len(scores)
     out: dict[str, Any] = {
         "n_pairs": n,
-        "pairwise_accuracy": sum(d > 0 for d in diffs) / n,
-        "pairwise_accuracy_ci95": wilson_interval(sum(d > 0 for d in diffs), n),
+        "pairwise_accuracy": right / n,
+        "pairwise_accuracy_ci95": wilson_interval(right, n),
         "margin_mean": sum(diffs) / n,
         "reward_mean": mean,
         "reward_std": math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores)),

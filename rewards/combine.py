@@ -246,9 +246,7 @@ def select_rows(
             if all(columns[c][i] in v for c, v in only.items())
             and not any(columns[c][i] in v for c, v in skip.items())
         ]
-        sub = {k: ([v[i] for i in keep] if _is_column(v, n) else v) for k, v in columns.items()}
-        kwargs = {**sub, "prompts": [prompts[i] for i in keep], "completions": [completions[i] for i in keep]}
-        return keep, kwargs
+        return keep, _subset(keep, prompts, completions, columns)
 
     def merge(n, keep, values):
         values = list(values)
@@ -355,11 +353,21 @@ def _with_deadline(call: Callable, timeout_s: float) -> tuple[str, Any]:
 
 
 def _row(i: int, prompts, completions, columns) -> dict:
-    """Keyword arguments that score sample `i` alone. Per-sample columns are sliced; anything else
+    """Keyword arguments that score sample `i` alone (see `_subset`)."""
+    return _subset([i], prompts, completions, columns)
+
+
+def _subset(keep: Sequence[int], prompts, completions, columns) -> dict:
+    """Keyword arguments that score the samples `keep`. Per-sample columns are sliced; anything else
     (TRL also passes e.g. ``trainer_state``) is passed through as it is."""
     n = len(completions)
-    per_sample = {k: [v[i]] for k, v in columns.items() if _is_column(v, n)}
-    return {**columns, **per_sample, "prompts": [prompts[i]], "completions": [completions[i]]}
+    per_sample = {k: [v[i] for i in keep] for k, v in columns.items() if _is_column(v, n)}
+    return {
+        **columns,
+        **per_sample,
+        "prompts": [prompts[i] for i in keep],
+        "completions": [completions[i] for i in keep],
+    }
 
 
 def _is_column(v: Any, n: int) -> bool:
